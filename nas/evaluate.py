@@ -1,0 +1,158 @@
+"""Benchmark evaluation: PSNR / SSIM (/ PSNR-B) per image and per set, with the convention printed.
+
+Conventions (design.md section 7, as the papers report them):
+
+========== ======== ================ ================================================
+task       channel  crop border      notes
+========== ======== ================ ================================================
+sr         Y        scale            HR modcropped to the scale; LR by MATLAB bicubic
+denoise    RGB      0                AWGN with a fixed seed per image
+demosaic   RGB      0                Bayer RGGB
+jpeg       Y        0                PSNR, SSIM and PSNR-B
+========== ======== ================ ================================================
+
+Y is ITU-R BT.601 (``16 + 65.481 R + 128.553 G + 24.966 B``); outputs are quantised to 8 bits
+before scoring. Colour order is RGB.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from nas.data import PairedImage, Task, load_set, make_pairs, to_image, to_tensor
+
+#: restore(lq (1, 3, h, w) float [0, 1]) -> (1, 3, H, W) float [0, 1]
+RestoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How a table's numbers were computed."""
+
+    y_channel: bool
+    crop_border: int
+    psnr_b: bool = False
+
+    @classmethod
+    def for_task(cls, task: Task) -> "Convention":
+        if task.name == "sr":
+            return cls(True, task.scale)
+        if task.name == "jpeg":
+            return cls(True, 0, psnr_b=True)
+        return cls(False, 0)
+
+    def describe(self) -> str:
+        ch = "Y (BT.601, 8-bit)" if self.y_channel else "RGB"
+        return f"{ch}, crop_border={self.crop_border}, outputs quantised to uint8"
+
+
+def score(out: np.ndarray, hr: np.ndarray, conv: Convention) -> dict[str, float]:
+    """PSNR (dB), SSIM (and PSNR-B) of a uint8 ``(H, W, 3)`` output against its HR image."""
+    from nas.metrics import calculate_psnr, calculate_psnr_b, calculate_ssim
+
+    kw = dict(crop_border=conv.crop_border, test_y_channel=conv.y_channel)
+    row = {"psnr": float(calculate_psnr(out, hr, **kw)), "ssim": float(calculate_ssim(out, hr, **kw))}
+    if conv.psnr_b:
+        row["psnr_b"] = float(calculate_psnr_b(out, hr, **kw))
+    return row
+
+
+def baseline_output(pair: PairedImage, task: Task) -> np.ndarray:
+    """The no-model baseline: MATLAB bicubic upscaling for SR, the degraded input otherwise."""
+    if task.name == "sr":
+        from nas.imresize import imresize_uint8
+
+        return imresize_uint8(pair.lq.astype(np.uint8), task.scale)
+    return np.clip(np.round(pair.lq), 0, 255).astype(np.uint8)
+
+
+def model_restore_fn(model: torch.nn.Module, device: torch.device) -> RestoreFn:
+    """Wrap a network as a :data:`RestoreFn` (eval mode, no grad, output clamped to [0, 1])."""
+    model = model.eval().to(device)
+
+    @torch.no_grad()
+    def restore(lq: torch.Tensor) -> torch.Tensor:
+        return model(lq.to(device)).clamp_(0, 1).cpu()
+
+    return restore
+
+
+def evaluate_pairs(
+    pairs: Sequence[PairedImage],
+    task: Task,
+    restore: RestoreFn | None,
+    set_name: str = "",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score every image of a set.
+
+    Args:
+        pairs: HR images with their degraded inputs (see :func:`nas.data.make_pairs`).
+        task: the task (fixes the convention, see :class:`Convention`).
+        restore: the model as a :data:`RestoreFn`, or ``None`` for :func:`baseline_output`.
+        set_name: label for the ``set`` column and the progress bar.
+        progress: show a tqdm bar over images.
+
+    Returns:
+        One row per image: ``set, image, psnr [dB], ssim (, psnr_b [dB]), seconds``.
+    """
+    conv = Convention.for_task(task)
+    rows = []
+    for pair in tqdm(pairs, desc=f"eval {set_name}", unit="img", disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        if restore is None:
+            out = baseline_output(pair, task)
+        else:
+            out = to_image(restore(to_tensor(pair.lq)))
+        if out.shape != pair.hr.shape:
+            raise ValueError(
+                f"{set_name}/{pair.name}: output shape {out.shape} != HR shape {pair.hr.shape}"
+            )
+        rows.append(
+            {"set": set_name, "image": pair.name, **score(out, pair.hr, conv),
+             "seconds": time.perf_counter() - t0}
+        )
+    return pd.DataFrame(rows)
+
+
+def evaluate_sets(
+    data_root: Path,
+    sets: Sequence[str],
+    task: Task,
+    restore: RestoreFn | None,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """:func:`evaluate_pairs` over several benchmark sets found below ``data_root``.
+
+    Degraded inputs are cached in ``cache_dir`` (keyed by image content, task and seed), so a
+    second evaluation does not redo the bicubic / JPEG / noise.
+
+    Raises:
+        UsageError: unknown or missing set, unreadable image (see :mod:`nas.data`).
+    """
+    frames = []
+    images = {name: load_set(data_root, name) for name in sets}  # fail early on a bad set
+    for name in sets:
+        pairs = make_pairs(images[name], task, seed=seed, cache_dir=cache_dir)
+        frames.append(evaluate_pairs(pairs, task, restore, set_name=name, progress=progress))
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Mean of each metric per set (``images`` = count), in the order the sets were given."""
+    metrics = [c for c in ("psnr", "ssim", "psnr_b") if c in per_image]
+    order = list(dict.fromkeys(per_image["set"]))
+    g = per_image.groupby("set", sort=False)
+    out = g[metrics].mean()
+    out.insert(0, "images", g.size())
+    return out.loc[order].reset_index()

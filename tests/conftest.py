@@ -1,0 +1,30 @@
+"""Shared fixtures: the real-image data root (../shared/data or $ACLA_NAS_DATA)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path | None:
+    env = os.environ.get("ACLA_NAS_DATA")
+    root = Path(env) if env else REPO.parent / "shared" / "data"
+    return root if (root / "benchmarks" / "Set5" / "HR").is_dir() else None
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    root = data_root()
+    if root is None:
+        pytest.skip("real benchmark images not found: set ACLA_NAS_DATA or put shared/data beside "
+                    "the checkout")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACLA_NAS_CACHE", str(tmp_path / "cache"))
