@@ -133,6 +133,125 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- supernet
+def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-c", "--config", type=Path, required=required, help="YAML config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set search.steps=100 (repeatable)")
+
+
+def _supernet_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="run directory (default: results/<name>/supernet); resumed if it holds "
+                        "a checkpoint")
+
+
+@command("supernet", "run one supernet search (no outer loop) and export its argmax "
+                     "architecture")(_supernet_args)
+def run_supernet(args: argparse.Namespace) -> int:
+    from nas.config import load_config
+    from nas.search import SearchRun
+
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or Path("results") / cfg.name / "supernet"
+    run = SearchRun(cfg, out, device=resolve_device(args.device),
+                    progress=not args.quiet and sys.stderr.isatty())
+    res = run.run()
+    print(f"derived architecture: {res.arch_path}")
+    print(f"validation PSNR {res.psnr_db:.2f} dB (inherited weights), {res.gflops:.3f} GFLOPs at "
+          f"{run.model.cost.lr_size[1]}x{run.model.cost.lr_size[0]} input, "
+          f"{res.params / 1e6:.3f} M params, {res.seconds:.0f} s")
+    print(f"log: {out / 'log.jsonl'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- flops
+def _flops_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("arch", type=Path, help="ArchSpec JSON")
+    p.add_argument("--lr-size", default=None, metavar="HxW",
+                   help="input size (default: the ArchSpec's, i.e. a 1280x720 output)")
+    p.add_argument("-f", "--format", default="table", choices=["table", "json"])
+
+
+@command("flops", "analytic and measured FLOPs and parameters of an ArchSpec")(_flops_args)
+def run_flops(args: argparse.Namespace) -> int:
+    import copy
+
+    import torch
+
+    from nas.archspec import build_model, load_archspec
+    from nas.cost import CostModel, default_lr_size
+    from nas.flops import measure_flops
+
+    spec = load_archspec(args.arch)
+    task = spec.task_obj()
+    if args.lr_size:
+        try:
+            h, w = (int(v) for v in args.lr_size.lower().split("x"))
+            assert h > 0 and w > 0
+        except (ValueError, AssertionError):
+            raise UsageError(f"--lr-size: expected HxW like 180x320, got {args.lr_size!r}") \
+                from None
+    else:
+        h, w = spec.cost.get("lr_size") or default_lr_size(task)
+    model = build_model(spec)
+    analytic = CostModel(spec.search_space(), task, (h, w)).exact(spec.choices)
+    measured = measure_flops(copy.deepcopy(model).to("meta"),
+                             torch.empty(1, 3, h, w, device="meta"))
+    params = sum(p.numel() for p in model.parameters())
+    row = {"arch": str(args.arch), "lr_size": [h, w], "analytic_flops": analytic,
+           "measured_flops": measured, "gflops": analytic / 1e9, "params": params,
+           "convention": "FLOPs = 2 x MACs, per image; FlopCounterMode + grid_sample/softmax/"
+                         "SDPA formulas"}
+    if args.format == "json":
+        print(json.dumps(row, indent=2))
+    else:
+        print(f"# {args.arch}: input {w}x{h} (W x H), FLOPs = 2 x MACs")
+        print(f"analytic  {analytic / 1e9:12.4f} GFLOPs")
+        print(f"measured  {measured / 1e9:12.4f} GFLOPs (FlopCounterMode)")
+        print(f"params    {params / 1e6:12.4f} M")
+    return 0 if analytic == measured else 1
+
+
+# --------------------------------------------------------------------------------- retrain
+def _retrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("arch", type=Path, help="ArchSpec JSON")
+    _config_args(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="run directory (default: results/<name>/retrain); resumed if present")
+    p.add_argument("--data-root", default=None,
+                   help="benchmark data for validation/evaluation (default: $ACLA_NAS_DATA; "
+                        "without it, validation uses held-out crops and no benchmark is run)")
+    p.add_argument("--inherit", type=Path, default=None,
+                   help="initialise from a supernet checkpoint (supernet.pt)")
+
+
+@command("retrain", "train an exported architecture from scratch and evaluate it")(_retrain_args)
+def run_retrain(args: argparse.Namespace) -> int:
+    import os
+
+    from nas.archspec import load_archspec
+    from nas.config import load_config
+    from nas.data import resolve_data_root
+    from nas.retrain import retrain
+
+    spec = load_archspec(args.arch)
+    cfg = load_config(args.config, args.overrides)
+    root = None
+    if args.data_root or os.environ.get("ACLA_NAS_DATA"):
+        root = resolve_data_root(args.data_root)
+    out = args.out or Path("results") / cfg.name / "retrain"
+    res = retrain(spec, cfg, out, data_root=root, device=resolve_device(args.device),
+                  progress=not args.quiet and sys.stderr.isatty(), inherit=args.inherit)
+    print(f"best validation PSNR {res['best_val_psnr_db']:.2f} dB after {res['steps']} steps "
+          f"({res['seconds']:.0f} s); weights: {out / 'model_best.pt'}")
+    for row in res.get("eval", []):
+        print(f"{row['set']:>9}: {row['psnr']:.2f} dB / {row['ssim']:.4f} "
+              f"({row['images']} images)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------- main
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage dump), exit code 2."""

@@ -26,7 +26,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -91,18 +91,28 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         UsageError: missing, unreadable or corrupt file (names the file).
     """
+    return _read(path)[0]
+
+
+def is_gray_file(path: str | os.PathLike) -> bool:
+    """True when the file stores a single-channel image (PIL mode ``L``, ``I;16``, ``1``...)."""
+    return _read(path)[1]
+
+
+def _read(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
+            gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
             arr = np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UsageError(f"{path}: cannot decode image ({e.__class__.__name__}: {e})") from None
-    return to_rgb_uint8(arr, str(path))
+    return to_rgb_uint8(arr, str(path)), gray
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -148,7 +158,17 @@ def load_builtin(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
 
 def load_folder(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     """All images of a folder as ``{file stem: (H, W, 3) uint8}`` (see :func:`list_images`)."""
-    return {p.stem: load_image(p) for p in list_images(folder)}
+    return load_folder_with_gray(folder)[0]
+
+
+def load_folder_with_gray(folder: str | os.PathLike) -> tuple[dict[str, np.ndarray], set[str]]:
+    """:func:`load_folder` plus the stems of single-channel files (scored on gray, not Y)."""
+    images, gray = {}, set()
+    for p in list_images(folder):
+        images[p.stem], g = _read(p)
+        if g:
+            gray.add(p.stem)
+    return images, gray
 
 
 def modcrop(img: np.ndarray, modulo: int) -> np.ndarray:
@@ -181,7 +201,9 @@ class Task:
         if self.name not in TASKS:
             raise UsageError(f"task.name: unknown task {self.name!r}; known: {', '.join(TASKS)}")
         if self.name == "sr" and self.scale not in SCALES:
-            raise UsageError(f"scale: must be one of 2, 3, 4 for super-resolution, got {self.scale}")
+            raise UsageError(
+                f"scale: must be one of 2, 3, 4 for super-resolution, got {self.scale}"
+            )
         if self.name != "sr" and self.scale != 1:
             object.__setattr__(self, "scale", 1)
         if self.name == "denoise" and not self.sigma > 0:
@@ -279,17 +301,22 @@ class PairedImage:
     name: str
     hr: np.ndarray
     lq: np.ndarray
+    gray: bool = False  # the HR file is single-channel: scored on gray values, not Y
 
 
 def make_pairs(
-    images: dict[str, np.ndarray], task: Task, seed: int = 0, cache_dir: Path | None = None
+    images: dict[str, np.ndarray], task: Task, seed: int = 0, cache_dir: Path | None = None,
+    gray: set[str] | frozenset = frozenset(),
 ) -> list[PairedImage]:
-    """Modcrop each HR image and degrade it (cached on disk when ``cache_dir`` is given)."""
+    """Modcrop each HR image and degrade it (cached on disk when ``cache_dir`` is given).
+
+    ``gray``: names of images stored as single-channel files (see :class:`PairedImage`).
+    """
     pairs = []
     for name, img in images.items():
         hr = modcrop(img, task.hr_modulo)
         lq = _cached_degrade(hr, task, image_seed(name, seed), cache_dir)
-        pairs.append(PairedImage(name, hr, lq))
+        pairs.append(PairedImage(name, hr, lq, name in gray))
     return pairs
 
 
@@ -361,7 +388,8 @@ class PatchSampler:
     ) -> None:
         if patch_size % task.hr_modulo:
             raise UsageError(
-                f"patch_size: {patch_size} is not a multiple of {task.hr_modulo} ({task.describe()})"
+                f"patch_size: {patch_size} is not a multiple of {task.hr_modulo} "
+                f"({task.describe()})"
             )
         for p in pairs:
             if min(p.hr.shape[:2]) < patch_size:
@@ -388,7 +416,7 @@ class PatchSampler:
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw a batch: ``(lq (B, 3, p/s, p/s), hr (B, 3, p, p))`` float32 in [0, 1]."""
         s, p = self.task.scale, self.patch_size
-        mod = max(2 if self.task.name == "demosaic" else 1, 1)
+        mod = 2 if self.task.name == "demosaic" else 1  # keep the Bayer phase
         lqs, hrs = [], []
         for _ in range(batch_size):
             pair = self.pairs[self.rng.integers(len(self.pairs))]
@@ -493,12 +521,19 @@ def find_set(data_root: Path, name: str) -> Path:
         close = difflib.get_close_matches(name, SET_LOCATIONS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UsageError(f"--sets: unknown set {name!r}{hint}; known: {', '.join(SET_LOCATIONS)}")
-    raise UsageError(f"--sets: {canon} not found below {data_root} (looked for {SET_LOCATIONS[canon][0]})")
+    raise UsageError(
+        f"--sets: {canon} not found below {data_root} (looked for {SET_LOCATIONS[canon][0]})"
+    )
 
 
 def load_set(data_root: Path, name: str) -> dict[str, np.ndarray]:
     """HR images of benchmark set ``name`` as ``{stem: (H, W, 3) uint8}``."""
     return load_folder(find_set(data_root, name))
+
+
+def load_set_with_gray(data_root: Path, name: str) -> tuple[dict[str, np.ndarray], set[str]]:
+    """:func:`load_set` plus the stems of single-channel files."""
+    return load_folder_with_gray(find_set(data_root, name))
 
 
 @dataclass
@@ -529,8 +564,3 @@ class DataConfig:
                 raise UsageError(f"data.images: not in {self.source}: {missing}")
             imgs = {n: imgs[n] for n in self.images}
         return imgs
-
-
-def iter_batches(seq: Sequence, n: int) -> Iterable[Sequence]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]

@@ -75,3 +75,20 @@ def test_missing_data_root_env(monkeypatch):
 def test_help_lists_commands():
     r = run_cli("--help")
     assert r.returncode == 0 and "eval" in r.stdout
+
+
+# Published bicubic table (Y, crop = scale; e.g. the EDSR/RCAN papers). B100 here is the
+# 480x320 crop, so only x2 and x4 are comparable.
+PUBLISHED = [("Set5", 2, 33.66, 0.9299), ("Set14", 2, 30.24, 0.8688), ("B100", 2, 29.56, 0.8431),
+             ("Set5", 3, 30.39, 0.8682), ("Set14", 3, 27.55, 0.7742),
+             ("Set5", 4, 28.42, 0.8104), ("Set14", 4, 26.00, 0.7027), ("B100", 4, 25.96, 0.6675)]
+
+
+@pytest.mark.parametrize("name,scale,psnr,ssim", PUBLISHED)
+def test_bicubic_matches_published_table(shared_data, name, scale, psnr, ssim):
+    from nas.data import Task
+    from nas.evaluate import evaluate_sets, summarize
+
+    row = summarize(evaluate_sets(shared_data, [name], Task("sr", scale=scale), None,
+                                  progress=False)).iloc[0]
+    assert abs(row["psnr"] - psnr) <= 0.03 and abs(row["ssim"] - ssim) <= 0.0015
