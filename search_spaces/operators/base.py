@@ -96,7 +96,7 @@ def require_int(name: str, value: Any, minimum: int = 1) -> int:
         minimum: the smallest allowed value.
 
     Raises:
-        ValueError: ``value`` is not an int or is smaller than ``minimum`` (message names ``name``).
+        ValueError: ``value`` is not an int or is smaller than ``minimum`` (names ``name``).
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")

@@ -1,0 +1,5 @@
+"""Search spaces of acla-nas: the attention operators an insertion point can hold."""
+
+from search_spaces.operators import OPERATORS
+
+__all__ = ["OPERATORS"]

@@ -1,0 +1,498 @@
+"""Adaptive Cross-Layer Attention (ACLA), arXiv 2203.03619 (spec: papers.md §1.3, design.md §2).
+
+Each query pixel ``p`` of the query layer ``X`` (``B x C x H x W``) attends to ``K_l`` keys in each
+earlier (reference) layer ``F_l``, ``l = 1..L``. Everything about the keys is predicted from the
+query alone (Deformable-DETR style, as in the public ``CL_Attention``/``ACL_Attention`` code)::
+
+    Δ      = Conv1x1_{C→2S}(X)                    S = Σ_l K_l slots; Δ_{l,k}(p) in pixels (x, y)
+    A      = Conv1x1_{C→S}(X)                     one attention logit per slot
+    M      = Conv1x1_{C→S}(X)                     one keep/drop logit per slot (adaptive only)
+    V_l    = Conv1x1_{C→C}(F_l)                   one projection shared by all references
+    S_lk(p)= Bilinear(V_l, p + Δ_{l,k}(p))        F.grid_sample, zero padding
+    a(p)   = Softmax_{(l,k) kept}(A(p))           one softmax over all kept slots jointly
+    Y      = X + Proj(Σ_{l,k} a_lk · S_lk)         Proj: zero-initialised 1x1 conv
+
+Fixes relative to the released code (papers.md §1.4): the offset of slot ``s`` is read from
+channels ``2s, 2s+1`` (not ``s, s+1``); the softmax normalises over the key slots (not over
+``W``); masked keys are *removed* from the softmax (``-inf`` logits) instead of being
+down-weighted by a multiplicative mask on the logits; no tensor is created on the CPU in
+``forward``.
+
+Adaptive key selection: in training each slot of each query gets a hard keep/drop decision from a
+binary Gumbel (logistic-noise) sample of ``M`` (``keep = M + L > 0``, ``L ~ Logistic(0, 1)``),
+with a straight-through gradient; in eval the decision is the deterministic ``M > 0``. The slot
+with the highest score is always kept so every query has at least one key.
+
+Supernet weight sharing: slot ``(l, k)`` lives at index ``s = Σ_{j<l} K_j + k`` of every
+per-slot conv (rows ``2s, 2s+1`` of ``conv_offset``, row ``s`` of ``conv_logit``/``conv_mask``).
+``forward(..., active_keys=[k_1, ..., k_L])`` uses only the first ``k_l`` slots of reference
+``l`` (0 skips the reference), and :meth:`ACLA.sliced` / :meth:`ACLA.sliced_state_dict` build the
+equivalent stand-alone module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_spaces.operators.base import (
+    OPERATORS,
+    AttentionOp,
+    compute_dtype,
+    require_int,
+)
+
+#: default number of key slots per reference layer (hard-coded ``key_num`` of the public code).
+DEFAULT_KEYS = 9
+#: initial bias of the keep/drop logits: ``sigmoid(2) ≈ 0.88`` of the slots are kept at first.
+MASK_BIAS_INIT = 2.0
+#: clamp (in log space) of the relative weight of a dropped key in the straight-through gradient.
+ST_LOG_CLAMP = 10.0
+
+
+def slot_grid(num_slots: int) -> list[tuple[int, int]]:
+    """Initial pixel offsets ``(dx, dy)`` of the first ``num_slots`` key slots.
+
+    Integer points around the query ordered by Chebyshev ring, then Euclidean distance, then
+    angle: the centre, its 4 neighbours, the 4 diagonals (so 9 slots = the 3x3 neighbourhood),
+    then ring 2, ... The first ``k`` entries do not depend on ``num_slots``, so a module with
+    ``k`` slots starts exactly like the first ``k`` slots of a larger one.
+
+    Args:
+        num_slots: how many offsets to return (>= 0).
+
+    Returns:
+        A list of ``num_slots`` ``(dx, dy)`` integer tuples, in pixels.
+
+    Raises:
+        ValueError: ``num_slots`` is negative.
+    """
+    require_int("num_slots", num_slots, 0)
+    radius = 0
+    while (2 * radius + 1) ** 2 < num_slots:
+        radius += 1
+    points = [(dx, dy) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+    points.sort(
+        key=lambda p: (max(abs(p[0]), abs(p[1])), p[0] ** 2 + p[1] ** 2,
+                       math.atan2(p[1], p[0]) % (2 * math.pi))
+    )
+    return points[:num_slots]
+
+
+def _check_keys(keys: Any, num_refs: int, name: str, minimum: int) -> tuple[int, ...]:
+    """Normalise a key-count argument to one int per reference layer.
+
+    ``None`` means :data:`DEFAULT_KEYS` per reference, an int means that count per reference.
+
+    Raises:
+        ValueError: wrong length, or a count that is not an int ``>= minimum`` (names ``name``).
+    """
+    if keys is None:
+        keys = [DEFAULT_KEYS] * num_refs
+    elif isinstance(keys, int) and not isinstance(keys, bool):
+        keys = [keys] * num_refs
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence):
+        raise ValueError(f"{name} must be a sequence of ints (one per reference), got {keys!r}")
+    if len(keys) != num_refs:
+        raise ValueError(f"{name} must have one entry per reference ({num_refs}), got {keys!r}")
+    for i, k in enumerate(keys):
+        require_int(f"{name}[{i}]", k, minimum)
+    return tuple(int(k) for k in keys)
+
+
+class ACLAOutput(NamedTuple):
+    """What :meth:`ACLA.attend` returns.
+
+    Attributes:
+        agg: ``(B, C, H, W)`` attention result before the output projection, or ``None`` when no
+            slot is active.
+        weights: ``(B, S, H, W)`` attention weights over the active slots (dropped slots exactly
+            0, kept slots sum to 1), ``S = Σ active_keys``; ``None`` when no slot is active.
+        keep: ``(B, S, H, W)`` bool keep mask, or ``None`` when every slot is kept (non-adaptive
+            module without ``key_mask``).
+    """
+
+    agg: torch.Tensor | None
+    weights: torch.Tensor | None
+    keep: torch.Tensor | None
+
+
+@OPERATORS.register("acla")
+class ACLA(AttentionOp):
+    """Adaptive Cross-Layer Attention (arXiv 2203.03619 §3; public ``CLA``/``ACL_Attention``).
+
+    See the module docstring for the equations.
+
+    Sampling convention: offsets are in pixels of the ``H x W`` map, ``(dx, dy)`` = (width,
+    height) from channels ``(2s, 2s+1)``; the sample point of query pixel ``(i, j)`` is
+    ``(j + dx, i + dy)`` in pixel-centre coordinates, converted to ``F.grid_sample`` coordinates
+    with ``align_corners=False`` (``g = (2 * px + 1) / W - 1``), ``mode="bilinear"``,
+    ``padding_mode="zeros"`` (points outside the map read zeros, like the public code's
+    ``deform_conv2d``). Offsets are initialised to the fixed pattern :func:`slot_grid` (through
+    the bias of ``conv_offset``, whose weights start at zero), so slots start at distinct
+    positions.
+
+    Args:
+        channels: C, channels of the query and of every reference.
+        num_refs: L >= 1, number of reference layers ``forward`` receives.
+        keys: K_l, key slots per reference: a sequence of ``num_refs`` ints >= 1, an int (the
+            same for every reference) or ``None`` (9 each, as in the public code).
+        adaptive: learn an input-dependent keep/drop mask over the slots (ACLA); ``False`` keeps
+            every slot (CLA).
+        tau: temperature of the binary Gumbel relaxation used for the straight-through gradient
+            (> 0; the hard decision itself does not depend on it). Can be reassigned (annealed).
+
+    Raises:
+        ValueError: ``num_refs < 1``, a bad ``keys`` entry (wrong length or a count < 1), or
+            ``tau <= 0`` (the message names the argument).
+
+    Shapes:
+        ``forward(x (B, C, H, W), refs [L x (B, C, H, W)]) -> (B, C, H, W)``.
+    """
+
+    uses_refs = True
+
+    def __init__(
+        self,
+        channels: int,
+        num_refs: int = 0,
+        keys: Sequence[int] | int | None = None,
+        adaptive: bool = True,
+        tau: float = 1.0,
+    ) -> None:
+        super().__init__(channels, num_refs)
+        require_int("num_refs", num_refs, 1)
+        self.keys = _check_keys(keys, num_refs, "keys", 1)
+        self.adaptive = bool(adaptive)
+        self.tau = tau
+        starts = [0]
+        for k in self.keys:
+            starts.append(starts[-1] + k)
+        self._starts = tuple(starts[:-1])
+        total = starts[-1]
+        c = channels
+        self.conv_offset = nn.Conv2d(c, 2 * total, 1)
+        self.conv_logit = nn.Conv2d(c, total, 1)
+        self.conv_mask = nn.Conv2d(c, total, 1) if self.adaptive else None
+        self.conv_refer = nn.Conv2d(c, c, 1)
+        self.proj = self.zero_proj(c)
+        self._init_weights()
+
+    # ----------------------------------------------------------------------------- set-up
+    @property
+    def tau(self) -> float:
+        """Temperature of the straight-through Gumbel relaxation (> 0)."""
+        return self._tau
+
+    @tau.setter
+    def tau(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"tau must be a positive number, got {value!r}")
+        self._tau = float(value)
+
+    def _init_weights(self) -> None:
+        nn.init.zeros_(self.conv_offset.weight)
+        grid: list[float] = []
+        for k in self.keys:
+            for dx, dy in slot_grid(k):
+                grid += [float(dx), float(dy)]
+        with torch.no_grad():
+            self.conv_offset.bias.copy_(torch.tensor(grid))
+        if self.conv_mask is not None:
+            nn.init.constant_(self.conv_mask.bias, MASK_BIAS_INIT)
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, num_refs={self.num_refs}, keys={list(self.keys)}, "
+                f"adaptive={self.adaptive}, tau={self.tau}")
+
+    # ----------------------------------------------------------------------------- slicing
+    def check_active_keys(self, active_keys: Sequence[int] | None) -> tuple[int, ...]:
+        """Validate ``active_keys`` (``None`` = all constructed slots).
+
+        Args:
+            active_keys: one int per reference, ``0 <= k_l <= keys[l]``.
+
+        Returns:
+            The active key counts as a tuple.
+
+        Raises:
+            ValueError: wrong length, or a count outside ``[0, keys[l]]`` (names ``active_keys``).
+        """
+        if active_keys is None:
+            return self.keys
+        active = _check_keys(active_keys, self.num_refs, "active_keys", 0)
+        for i, (k, kmax) in enumerate(zip(active, self.keys)):
+            if k > kmax:
+                raise ValueError(
+                    f"active_keys[{i}]={k} exceeds the {kmax} slots the module was built with"
+                )
+        return active
+
+    def _slot_ranges(self, active: Sequence[int]) -> list[tuple[int, int]]:
+        """``(start, stop)`` slot-index ranges of the active slots, one per used reference."""
+        return [(s, s + k) for s, k in zip(self._starts, active) if k > 0]
+
+    @staticmethod
+    def select_refs(
+        refs: Sequence[torch.Tensor], active_keys: Sequence[int]
+    ) -> list[torch.Tensor]:
+        """The references a sliced module receives: those with ``active_keys[l] > 0``.
+
+        Args:
+            refs: the ``L`` reference maps, each ``(B, C, H, W)``.
+            active_keys: one key count per reference.
+
+        Returns:
+            The sub-list of ``refs`` in their original order.
+        """
+        return [r for r, k in zip(refs, active_keys) if k > 0]
+
+    def sliced_config(self, active_keys: Sequence[int]) -> dict[str, Any]:
+        """Constructor keywords of the stand-alone module equivalent to ``active_keys``.
+
+        Returns:
+            ``{"num_refs": L', "keys": [k for k in active_keys if k > 0], "adaptive", "tau"}``.
+
+        Raises:
+            ValueError: bad ``active_keys`` or all zero (that choice is the identity: use skip).
+        """
+        active = self.check_active_keys(active_keys)
+        kept = [k for k in active if k > 0]
+        if not kept:
+            raise ValueError("active_keys: all counts are 0, the module is the identity")
+        return {"num_refs": len(kept), "keys": kept, "adaptive": self.adaptive, "tau": self.tau}
+
+    def sliced_state_dict(self, active_keys: Sequence[int]) -> dict[str, torch.Tensor]:
+        """State dict of ``ACLA(channels, **self.sliced_config(active_keys))`` holding the slots
+        ``active_keys`` selects (the first ``k_l`` slots of each reference, detached copies).
+
+        A module loaded with it, called with ``ACLA.select_refs(refs, active_keys)``, gives
+        exactly ``self(x, refs, active_keys=active_keys)``.
+
+        Raises:
+            ValueError: bad ``active_keys`` or all zero.
+        """
+        self.sliced_config(active_keys)
+        ranges = self._slot_ranges(self.check_active_keys(active_keys))
+        out: dict[str, torch.Tensor] = {}
+        for name, t in self.state_dict().items():
+            mod = name.split(".")[0]
+            if mod == "conv_offset":
+                t = torch.cat([t[2 * a:2 * b] for a, b in ranges])
+            elif mod in ("conv_logit", "conv_mask"):
+                t = torch.cat([t[a:b] for a, b in ranges])
+            out[name] = t.detach().clone()
+        return out
+
+    def sliced(self, active_keys: Sequence[int]) -> ACLA:
+        """A new stand-alone :class:`ACLA` equal to this one restricted to ``active_keys``
+        (same device, dtype and train/eval mode; see :meth:`sliced_state_dict`).
+
+        Raises:
+            ValueError: bad ``active_keys`` or all zero.
+        """
+        new = ACLA(self.channels, **self.sliced_config(active_keys))
+        p = self.proj.weight
+        new.to(device=p.device, dtype=p.dtype)
+        new.load_state_dict(self.sliced_state_dict(active_keys))
+        new.train(self.training)
+        return new
+
+    # ----------------------------------------------------------------------------- forward
+    def _query_conv(self, x: torch.Tensor, ranges: list[tuple[int, int]]):
+        """One 1x1 conv giving offsets ``(B, 2S, H, W)``, logits and mask logits ``(B, S, H, W)``
+        of the active slots (the per-slot rows of the three convs concatenated)."""
+        ws = [self.conv_offset.weight[2 * a:2 * b] for a, b in ranges]
+        bs = [self.conv_offset.bias[2 * a:2 * b] for a, b in ranges]
+        ws += [self.conv_logit.weight[a:b] for a, b in ranges]
+        bs += [self.conv_logit.bias[a:b] for a, b in ranges]
+        if self.conv_mask is not None:
+            ws += [self.conv_mask.weight[a:b] for a, b in ranges]
+            bs += [self.conv_mask.bias[a:b] for a, b in ranges]
+        q = F.conv2d(x, torch.cat(ws), torch.cat(bs))
+        s = sum(b - a for a, b in ranges)
+        offsets, logits = q[:, :2 * s], q[:, 2 * s:3 * s]
+        mask_logits = q[:, 3 * s:] if self.conv_mask is not None else None
+        return offsets, logits, mask_logits
+
+    def _keep_mask(self, mask_logits: torch.Tensor):
+        """Hard keep mask ``(B, S, H, W)`` and the zero-valued straight-through carrier (or
+        ``None`` when no gradient is needed)."""
+        m = mask_logits.to(compute_dtype(mask_logits.dtype))
+        if self.training:
+            tiny = torch.finfo(m.dtype).tiny
+            u = torch.rand_like(m).clamp_(tiny, 1.0 - torch.finfo(m.dtype).eps)
+            score = m + (torch.log(u) - torch.log1p(-u))  # logistic noise = difference of Gumbels
+        else:
+            score = m
+        keep = score > 0
+        keep = keep | (score == score.amax(dim=1, keepdim=True))  # at least one key per query
+        carrier = None
+        if torch.is_grad_enabled() and m.requires_grad:
+            soft = torch.sigmoid(score / self.tau)
+            carrier = soft - soft.detach()  # exactly 0 in value, d/dM = sigmoid'(score/tau)/tau
+        return keep, carrier
+
+    def _aggregate(self, refs: Sequence[torch.Tensor], active: Sequence[int],
+                   offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``Σ_{l,k} a_lk · Bilinear(Conv_refer(F_l), p + Δ_lk)`` as ``(B, C, H·W)``.
+
+        Per used reference: one 1x1 projection, one ``F.grid_sample`` with a ``(B, H·W, k_l, 2)``
+        grid giving pixel-major samples ``(B, C, H·W, k_l)``, and one batched matrix-vector
+        product with the slot weights (``bmm``, batch ``B·H·W``); the references are summed.
+        """
+        b, _, h, w = offsets.shape
+        n = h * w
+        gdt = compute_dtype(offsets.dtype)
+        off = offsets.to(gdt).view(b, -1, 2, n).permute(0, 3, 1, 2)     # (B, N, S, 2) = (dx, dy)
+        pix = torch.arange(n, device=offsets.device)
+        base = torch.stack([pix % w, torch.div(pix, w, rounding_mode="floor")], dim=-1).to(gdt)
+        pos = 2.0 * (base[None, :, None, :] + off) + 1.0
+        grid = torch.stack([pos[..., 0] / w, pos[..., 1] / h], dim=-1) - 1.0  # align_corners=False
+        wp = weights.to(gdt).flatten(2).transpose(1, 2).unsqueeze(-1)     # (B, N, S, 1)
+        agg = None
+        start = 0
+        for ref, k in zip(refs, active):
+            if k == 0:
+                continue
+            v = self.conv_refer(ref).to(gdt)
+            g = grid[:, :, start:start + k].contiguous()
+            samples = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros",
+                                    align_corners=False)                  # (B, C, N, k)
+            part = torch.matmul(samples.transpose(1, 2), wp[:, :, start:start + k])  # bmm
+            agg = part if agg is None else agg + part                     # (B, N, C, 1)
+            start += k
+        return agg.squeeze(-1).transpose(1, 2)
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        refs: Sequence[torch.Tensor] = (),
+        active_keys: Sequence[int] | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> ACLAOutput:
+        """The attention result and weights, without the output projection.
+
+        Args:
+            x: ``(B, C, H, W)`` queries.
+            refs: ``num_refs`` reference maps, each ``(B, C, H, W)``.
+            active_keys: use only the first ``k_l`` slots of reference ``l`` (``None`` = all).
+            key_mask: optional fixed bool keep mask ``(B, S, H, W)`` over the active slots
+                (``S = Σ active_keys``) that replaces the learned one (tests, analysis); every
+                query must keep at least one slot.
+
+        Returns:
+            :class:`ACLAOutput` ``(agg, weights, keep)``.
+
+        Raises:
+            ValueError: bad ``x``/``refs`` shapes or count, bad ``active_keys``, or a ``key_mask``
+                of the wrong shape/dtype or with a query that keeps no slot.
+        """
+        refs = list(refs)
+        self.check_inputs(x, refs)
+        active = self.check_active_keys(active_keys)
+        ranges = self._slot_ranges(active)
+        if not ranges:
+            return ACLAOutput(None, None, None)
+        b, _, h, w = x.shape
+        s = sum(active)
+        offsets, logits, mask_logits = self._query_conv(x, ranges)
+        carrier = None
+        if key_mask is not None:
+            if key_mask.shape != (b, s, h, w) or key_mask.dtype != torch.bool:
+                raise ValueError(f"key_mask must be a bool tensor of shape {(b, s, h, w)}, got "
+                                 f"{key_mask.dtype} {tuple(key_mask.shape)}")
+            if not bool(key_mask.any(dim=1).all()):
+                raise ValueError("key_mask must keep at least one slot for every query")
+            keep = key_mask
+        elif mask_logits is not None:
+            keep, carrier = self._keep_mask(mask_logits)
+        else:
+            keep = None
+        logits = logits.to(compute_dtype(logits.dtype))
+        masked = logits if keep is None else logits.masked_fill(~keep, float("-inf"))
+        weights = torch.softmax(masked, dim=1)  # one softmax over all kept (l, k)
+        if carrier is not None:
+            # Straight-through gradient of the renormalised relaxation w_i = m_i e_i / Σ m_j e_j
+            # at m = keep: dw_i/dm_s = δ_is r_s - w_i r_s with r_s = e_s / Σ_kept e_j. Both extra
+            # terms are exactly zero in value (carrier == 0), so the forward value is the masked
+            # softmax itself: dropped slots weigh exactly 0.
+            lse = torch.logsumexp(masked, dim=1, keepdim=True)
+            r = torch.exp((logits - lse).clamp(max=ST_LOG_CLAMP)).detach()
+            rc = r * carrier
+            weights = weights + rc - weights * rc.sum(dim=1, keepdim=True)
+        agg = self._aggregate(refs, active, offsets, weights).reshape(b, -1, h, w)
+        return ACLAOutput(agg.to(x.dtype), weights, keep)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        refs: Sequence[torch.Tensor] = (),
+        ctx: dict | None = None,
+        active_keys: Sequence[int] | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x + Proj(attention)``; see :meth:`attend` for the arguments and errors.
+
+        Args:
+            x: ``(B, C, H, W)`` queries.
+            refs: ``num_refs`` reference maps, each ``(B, C, H, W)``.
+            ctx: unused (accepted for the common operator contract).
+            active_keys: first-``k`` slot selection per reference (0 skips a reference; all 0
+                returns ``x`` unchanged at zero cost).
+            key_mask: optional fixed keep mask, see :meth:`attend`.
+
+        Returns:
+            ``(B, C, H, W)``.
+        """
+        agg = self.attend(x, refs, active_keys, key_mask).agg
+        if agg is None:
+            return x
+        return x + self.proj(agg)
+
+    # ----------------------------------------------------------------------------- cost
+    @classmethod
+    def flops(cls, channels: int, height: int, width: int, config: dict[str, Any]) -> int:
+        """Forward FLOPs (= 2 x MACs) per image, per the rule of :mod:`nas.flops`.
+
+        With ``N = H·W``, ``S = Σ_l k_l`` active slots, ``L'`` references with ``k_l > 0`` and
+        ``a = 1`` if adaptive else 0::
+
+            query convs   2·N·C·(2S + S + a·S)      offsets, logits, mask logits
+            refer conv    2·N·C²·L'
+            grid_sample   8·N·C·S
+            softmax       3·N·S
+            weighted sum  2·N·C·S                  (bmm)
+            projection    2·N·C²
+
+        and 0 when ``S = 0`` (the module returns ``x``).
+
+        Args:
+            channels: C.
+            height, width: H, W of the feature map.
+            config: constructor keywords; ``keys`` may contain 0 (reference skipped, as with
+                ``active_keys``); ``keys=None`` means 9 per reference of ``config["num_refs"]``.
+
+        Raises:
+            ValueError: bad ``keys``/``num_refs``/sizes.
+        """
+        c = require_int("channels", channels)
+        n = require_int("height", height) * require_int("width", width)
+        keys = config.get("keys")
+        if keys is None or isinstance(keys, int):
+            num_refs = require_int("num_refs", config.get("num_refs", 1), 1)
+        else:
+            num_refs = len(keys)
+        active = _check_keys(keys, num_refs, "keys", 0)
+        s = sum(active)
+        if s == 0:
+            return 0
+        used = sum(1 for k in active if k > 0)
+        a = 1 if config.get("adaptive", True) else 0
+        return (2 * n * c * (3 + a) * s + 2 * n * c * c * used + 8 * n * c * s + 3 * n * s
+                + 2 * n * c * s + 2 * n * c * c)
