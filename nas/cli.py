@@ -253,6 +253,21 @@ def run_retrain(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------- main
+#: modules that register further commands with :func:`command` (imported when the parser is built)
+COMMAND_MODULES = ("nas.study_cli",)
+
+
+def _load_command_modules() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage dump), exit code 2."""
 
@@ -262,6 +277,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from nas import __version__
+
+    _load_command_modules()
 
     shared = _Parser(add_help=False)
     shared.add_argument("-v", "--verbose", action="count", default=0, help="more log output")

@@ -1,0 +1,408 @@
+"""The bilevel supernet search: w-step on the train split, alpha-step on the val split.
+
+First-order DARTS-style alternation (Liu et al. 2019) with straight-through Gumbel gates
+(:mod:`nas.gates`): each step draws an architecture, takes one weight step on a train batch
+(L1 only), then - after ``warmup_steps`` during which alpha is frozen - one alpha step on a
+val batch with ``L1 + penalty(E[F])``. tau is annealed per step.
+
+Outputs in the run directory::
+
+    log.jsonl        one line per ``log_every`` steps: step, loss, l1, psnr, e_gflops, tau, probs
+    supernet.pt      checkpoint (weights, alpha, optimisers, schedulers, RNG states, samplers, step)
+    arch.json        the derived ArchSpec (argmax), with exact cost and provenance
+    result.json      validation PSNR of the derived network (inherited weights) and its GFLOPs
+
+A killed run restarted with the same config resumes from ``supernet.pt``; its next step's loss
+equals the uninterrupted run's on the same device (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nas.config import Config, PenaltyConfig, dump_config
+from nas.data import PatchSampler, Task, make_pairs, split_names
+from nas.errors import UsageError
+from nas.gates import TemperatureSchedule
+from nas.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from nas.supernet import Supernet
+
+log = logging.getLogger("acla_nas.search")
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------------- objective
+def flops_penalty(l1: torch.Tensor, e_flops: torch.Tensor, cfg: PenaltyConfig,
+                  base_flops: float) -> torch.Tensor:
+    """``L1 + penalty(E[F])`` (design.md section 3).
+
+    * ``linear``: ``L1 + lambda * E[F] / F_base``
+    * ``hinge``:  ``L1 + lambda * max(0, E[F] / F_target - 1)``
+    * ``log``:    ``L1 * (log E[F] / log F_target) ** beta`` (ProxylessNAS ``mul#log``)
+
+    Args:
+        l1: scalar L1 loss.
+        e_flops: scalar expected FLOPs (float64), differentiable in alpha.
+        cfg: the penalty config (``target_gflops`` in GFLOPs, i.e. 1e9 FLOPs).
+        base_flops: F_base, FLOPs of the backbone alone.
+
+    Raises:
+        UsageError: unknown kind, or ``hinge``/``log`` without ``target_gflops``.
+    """
+    if cfg.kind == "linear":
+        return l1 + cfg.lam * (e_flops / base_flops).to(l1.dtype)
+    if cfg.kind not in ("hinge", "log"):
+        raise UsageError(f"search.penalty.kind: 'linear', 'hinge' or 'log', got {cfg.kind!r}")
+    if not cfg.target_gflops or cfg.target_gflops <= 0:
+        raise UsageError(f"search.penalty.target_gflops: required (> 0) for kind={cfg.kind!r}")
+    target = cfg.target_gflops * 1e9
+    if cfg.kind == "hinge":
+        return l1 + cfg.lam * torch.clamp(e_flops / target - 1.0, min=0.0).to(l1.dtype)
+    ratio = torch.log(e_flops) / math.log(target)
+    return l1 * ratio.to(l1.dtype) ** cfg.beta
+
+
+def batch_psnr(out: torch.Tensor, hr: torch.Tensor) -> float:
+    """Mean RGB PSNR (dB) of a batch in [0, 1] (a progress indicator, not the benchmark metric)."""
+    mse = ((out.detach().float().clamp(0, 1) - hr.float()) ** 2).mean(dim=(1, 2, 3))
+    return float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean())
+
+
+# ------------------------------------------------------------------------------------- runner
+@dataclass
+class SearchResult:
+    """What a finished search produced."""
+
+    arch: dict
+    arch_path: Path
+    psnr_db: float
+    gflops: float
+    params: int
+    steps: int
+    seconds: float
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class SearchRun:
+    """One supernet search in a run directory (see the module docstring).
+
+    Args:
+        cfg: the run config.
+        out_dir: run directory (created; an existing checkpoint there is resumed).
+        device: torch device.
+        progress: show a tqdm bar.
+        provenance: extra fields for the ArchSpec's ``provenance`` block (study, trial, ...).
+    """
+
+    def __init__(self, cfg: Config, out_dir: str | Path, device: torch.device | str = "cpu",
+                 progress: bool = True, provenance: dict | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.device = torch.device(device)
+        self.progress = progress
+        self.provenance = dict(provenance or {})
+        self.task: Task = cfg.task_obj()
+        s = cfg.search
+        if s.steps < 1 or s.warmup_steps < 0:
+            raise UsageError("search.steps must be >= 1 and search.warmup_steps >= 0")
+        if s.checkpoint_every < 1 or s.log_every < 1:
+            raise UsageError("search.checkpoint_every and search.log_every must be >= 1")
+        torch.manual_seed(cfg.seed)
+        images = cfg.data.load()
+        train_names, val_names = split_names(list(images), cfg.data.val_fraction, cfg.seed)
+        self.val_names = val_names
+        self.train_pairs = make_pairs({n: images[n] for n in train_names}, self.task, cfg.seed)
+        self.val_pairs = make_pairs({n: images[n] for n in val_names}, self.task, cfg.seed)
+        p = cfg.data.patch_size
+        self.train_sampler = PatchSampler(self.train_pairs, self.task, p, seed=cfg.seed)
+        self.val_sampler = PatchSampler(self.val_pairs, self.task, p, seed=cfg.seed + 1)
+        lr_size = tuple(s.lr_size) if s.lr_size else None
+        self.model = Supernet(cfg.space, self.task, lr_size).to(self.device)
+        self.use_amp = s.amp and self.device.type == "cuda"
+        if s.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.opt_w = torch.optim.Adam(self.model.weight_parameters(), lr=s.lr)
+        self.sched_w = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_w, T_max=s.steps,
+                                                                  eta_min=s.lr * 0.1)
+        self.opt_a = torch.optim.Adam(self.model.arch_parameters(), lr=s.alpha_lr,
+                                      betas=tuple(s.alpha_betas),
+                                      weight_decay=s.alpha_weight_decay)
+        self.tau = TemperatureSchedule(s.tau.start, s.tau.end, s.tau.steps or s.steps, s.tau.kind)
+        self.base_flops = float(self.model.cost.fixed)
+        self.step = 0
+        self.ckpt_path = self.out / "supernet.pt"
+        self.log_path = self.out / "log.jsonl"
+
+    # -- checkpoint ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "opt_w": self.opt_w.state_dict(),
+            "sched_w": self.sched_w.state_dict(),
+            "opt_a": self.opt_a.state_dict(),
+            "rng": _rng_state(),
+            "train_sampler": self.train_sampler.state_dict(),
+            "val_sampler": self.val_sampler.state_dict(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def save_checkpoint(self) -> None:
+        atomic_torch_save(self.ckpt_path, self.state_dict())
+
+    def try_resume(self) -> bool:
+        """Load ``supernet.pt`` if present. Raises UsageError if it belongs to another config."""
+        if not self.ckpt_path.exists():
+            return False
+        try:
+            state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        except Exception as e:  # noqa: BLE001
+            raise UsageError(f"{self.ckpt_path}: unreadable checkpoint ({e.__class__.__name__})"
+                             "; move it away to start over") from None
+        if state.get("config") != self.cfg.to_dict():
+            raise UsageError(f"{self.ckpt_path}: checkpoint was written with a different config; "
+                             "use another --out or move it away")
+        self.model.load_state_dict(state["model"])
+        self.opt_w.load_state_dict(state["opt_w"])
+        self.sched_w.load_state_dict(state["sched_w"])
+        self.opt_a.load_state_dict(state["opt_a"])
+        _set_rng_state(state["rng"])
+        self.train_sampler.load_state_dict(state["train_sampler"])
+        self.val_sampler.load_state_dict(state["val_sampler"])
+        self.step = int(state["step"])
+        self._truncate_log(self.step)
+        return True
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines written after the checkpoint (they will be written again)."""
+        if not self.log_path.exists():
+            return
+        keep = [ln for ln in self.log_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(self.log_path, "".join(ln + "\n" for ln in keep))
+
+    # -- steps ---------------------------------------------------------------------------
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(self.device, non_blocking=True)
+        if self.cfg.search.channels_last and self.device.type == "cuda":
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def train_step(self) -> dict[str, Any]:
+        """One w-step and (after warm-up) one alpha-step. Returns the logged values."""
+        s = self.cfg.search
+        bs = self.cfg.data.batch_size
+        tau = self.tau(self.step)
+        self.model.train()
+        # w-step: train split, L1 only; alpha gets no update here
+        lq, hr = (self._to_device(t) for t in self.train_sampler.sample(bs))
+        _, dec = self.model.sample(tau)
+        with self._autocast():
+            out = self.model(lq, dec)
+            l1 = F.l1_loss(out.float(), hr)
+        if not torch.isfinite(l1):
+            raise DivergedError(f"step {self.step}: L1 is {float(l1)}")
+        self.opt_w.zero_grad(set_to_none=True)
+        self.opt_a.zero_grad(set_to_none=True)
+        l1.backward()
+        if s.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), s.grad_clip)
+        self.opt_w.step()
+        self.sched_w.step()
+        row = {"step": self.step + 1, "l1": float(l1.detach()), "psnr": batch_psnr(out, hr), "tau": tau}
+        # alpha-step: val split, L1 + FLOPs penalty
+        e_flops = self.model.expected_flops()
+        loss = l1
+        if self.step >= s.warmup_steps:
+            lq, hr = (self._to_device(t) for t in self.val_sampler.sample(bs))
+            _, dec = self.model.sample(tau)
+            with self._autocast():
+                out_v = self.model(lq, dec)
+                l1_v = F.l1_loss(out_v.float(), hr)
+            loss = flops_penalty(l1_v, e_flops, s.penalty, self.base_flops)
+            if not torch.isfinite(loss):
+                raise DivergedError(f"step {self.step}: alpha loss is {float(loss)}")
+            self.opt_a.zero_grad(set_to_none=True)
+            self.opt_w.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_a.step()
+            row["l1_val"] = float(l1_v.detach())
+        row["loss"] = float(loss.detach())
+        row["e_gflops"] = float(e_flops.detach()) / 1e9
+        self.step += 1
+        return row
+
+    # -- main loop -----------------------------------------------------------------------
+    def run(self, stop_after: int | None = None,
+            on_step: Callable[[dict], None] | None = None) -> SearchResult | None:
+        """Run (or resume) to ``search.steps``; then derive, score and export.
+
+        Args:
+            stop_after: stop once this many steps are done, without finishing (for tests of
+                resume; a later ``run`` continues from the last checkpoint).
+            on_step: callback receiving each logged row (e.g. a time budget check).
+
+        Returns:
+            The :class:`SearchResult`, or ``None`` when stopped early.
+
+        Raises:
+            DivergedError: NaN/inf loss.
+        """
+        self.out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        resumed = self.try_resume()
+        if not resumed:
+            atomic_write_text(self.out / "config.yaml", dump_config(self.cfg))
+            if self.log_path.exists():
+                self.log_path.unlink()
+        s = self.cfg.search
+        bar = tqdm(total=s.steps, initial=self.step, desc="search", unit="step",
+                   disable=not self.progress, dynamic_ncols=True)
+        logf = self.log_path.open("a")
+        try:
+            while self.step < s.steps:
+                row = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.2f}",
+                                gflops=f"{row['e_gflops']:.2f}", tau=f"{row['tau']:.2f}")
+                if self.step % s.log_every == 0 or self.step == s.steps:
+                    row["probs"] = self.model.probs_dict()
+                    logf.write(json.dumps(row) + "\n")
+                    logf.flush()
+                if on_step is not None:
+                    on_step(row)
+                if self.step % s.checkpoint_every == 0 or self.step == s.steps:
+                    self.save_checkpoint()
+                if stop_after is not None and self.step >= stop_after:
+                    return None
+        finally:
+            logf.close()
+            bar.close()
+        return self.finish(time.perf_counter() - t0)
+
+    # -- derive + score + export -----------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, net: torch.nn.Module) -> float:
+        """Mean PSNR (dB) of ``net`` on centre crops of the val images (the task's convention)."""
+        return validate_on_crops(net, self.val_pairs[: self.cfg.search.val_images], self.task,
+                                 max(self.cfg.data.patch_size, 96), self._to_device)
+
+    def finish(self, seconds: float) -> SearchResult:
+        from nas.archspec import ArchSpec
+        from nas.flops import measure_flops
+
+        model = self.model
+        arch = model.derive()
+        fixed = model.fixed_network(arch, inherit=True)
+        psnr = self.validate(fixed)
+        flops = model.cost.exact(arch)
+        params = sum(p.numel() for p in fixed.parameters())
+        h, w = model.cost.lr_size
+        # the ArchSpec's FLOPs are the measured FLOPs of the exported network (meta tensors)
+        import copy
+
+        measured = measure_flops(copy.deepcopy(fixed).to("meta"),
+                                 torch.empty(1, 3, h, w, device="meta"))
+        if measured != flops:  # pragma: no cover - guarded by tests
+            raise RuntimeError(f"analytic FLOPs {flops} != measured {measured} for {arch}")
+        bb = model.net.backbone.config
+        spec = ArchSpec(
+            task=self.task.to_dict(),
+            backbone={"type": "edsr", "num_feat": bb.num_feat, "num_block": bb.num_block,
+                      "res_scale": bb.res_scale},
+            space={"ops": list(self.cfg.space.ops), "max_refs": self.cfg.space.max_refs,
+                   "keys": sorted(set(self.cfg.space.keys)),
+                   "op_config": dict(self.cfg.space.op_config)},
+            choices=arch,
+            probs=model.probs_dict(),
+            cost={"flops": flops, "gflops": flops / 1e9, "params": params, "lr_size": [h, w],
+                  "convention": "FLOPs = 2 x MACs, per image"},
+            provenance={"run": str(self.out), "seed": self.cfg.seed, "steps": self.step,
+                        "tau": self.tau(self.step), "lambda": self.cfg.search.penalty.lam,
+                        "penalty": self.cfg.search.penalty.kind, "git": git_commit(),
+                        **self.provenance},
+        )
+        arch_path = spec.save(self.out / "arch.json")
+        result = SearchResult(arch, arch_path, psnr, flops / 1e9, params, self.step, seconds)
+        atomic_write_json(self.out / "result.json", {
+            "psnr_db": psnr, "gflops": flops / 1e9, "params": params, "steps": self.step,
+            "seconds": seconds, "val_images": self.val_names[: self.cfg.search.val_images],
+            "convention": Convention_desc(self.task)})
+        return result
+
+
+def Convention_desc(task: Task) -> str:  # noqa: N802
+    from nas.evaluate import Convention
+
+    return Convention.for_task(task).describe()
+
+
+@torch.no_grad()
+def validate_on_crops(net: torch.nn.Module, pairs, task: Task, crop: int,
+                      to_device: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """Mean PSNR (dB) of ``net`` on centre ``crop x crop`` HR crops of ``pairs``.
+
+    Scored with the task's benchmark convention (:class:`nas.evaluate.Convention`); crops keep
+    the LR/HR alignment and the Bayer phase.
+    """
+    from nas.data import to_image, to_tensor
+    from nas.evaluate import Convention, score
+
+    conv = Convention.for_task(task)
+    m = 2 * task.hr_modulo
+    s = task.scale
+    vals = []
+    net.eval()
+    for pair in pairs:
+        h, w = pair.hr.shape[:2]
+        c = min(crop - crop % m, h - h % m, w - w % m)
+        y, x = (h - c) // 2 // m * m, (w - c) // 2 // m * m
+        hr = pair.hr[y: y + c, x: x + c]
+        lq = pair.lq[y // s: (y + c) // s, x // s: (x + c) // s]
+        out = net(to_device(to_tensor(lq))).float().clamp(0, 1)
+        vals.append(score(to_image(out), hr, conv)["psnr"])
+    return float(np.mean(vals))
+
+
+def git_commit() -> str:
+    """The current git commit of the package checkout, or ``"unknown"``."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                           text=True, cwd=Path(__file__).resolve().parent, timeout=5)
+        return r.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
