@@ -44,3 +44,14 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
+    """Drop the lines of a JSON-lines log whose ``step`` exceeds ``max_step`` (written after the
+    checkpoint a run resumes from; they will be written again)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("step", 0) <= max_step]
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))

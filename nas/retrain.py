@@ -28,7 +28,7 @@ from nas.archspec import ArchSpec, build_model
 from nas.config import Config, dump_config
 from nas.data import PatchSampler, make_pairs
 from nas.errors import UsageError
-from nas.io import atomic_torch_save, atomic_write_text
+from nas.io import atomic_torch_save, atomic_write_text, truncate_jsonl
 from nas.search import _rng_state, _set_rng_state, batch_psnr
 
 log = logging.getLogger("acla_nas.retrain")
@@ -43,7 +43,7 @@ def _milestones(values: list, steps: int) -> list[int]:
 
 def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path | None = None,
             device: torch.device | str = "cpu", progress: bool = True,
-            inherit: str | Path | None = None) -> dict[str, Any]:
+            inherit: str | Path | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Train ``spec``'s network on ``cfg.data`` images, validate and evaluate.
 
     Args:
@@ -55,6 +55,8 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
         device: torch device.
         progress: tqdm bar.
         inherit: optional supernet checkpoint (``supernet.pt``) to initialise from.
+        stop_after: stop once this many steps are done (simulates a killed run in tests); a
+            later call continues from the last checkpoint.
 
     Returns:
         ``{"best_psnr_db", "steps", "seconds", "eval": [per-set rows]}``.
@@ -104,6 +106,7 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
         sampler.load_state_dict(st["sampler"])
         _set_rng_state(st["rng"])
         step, best = st["step"], st["best"]
+        truncate_jsonl(out / "val.jsonl", step)
     else:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
         spec.save(out / "arch.json")
@@ -126,10 +129,11 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
             sched.step()
             step += 1
             bar.update(1)
-            bar.set_postfix(l1=f"{float(loss):.4f}", psnr=f"{batch_psnr(sr, hr):.2f}")
+            bar.set_postfix(l1=f"{float(loss.detach()):.4f}", psnr=f"{batch_psnr(sr, hr):.2f}")
             if step % rc.val_every == 0 or step == rc.steps:
                 psnr = _validate(model, val_pairs, pairs, task, device, cfg)
-                vlog.write(json.dumps({"step": step, "l1": float(loss), "val_psnr": psnr}) + "\n")
+                vlog.write(json.dumps({"step": step, "l1": float(loss.detach()),
+                                       "val_psnr": psnr}) + "\n")
                 vlog.flush()
                 if psnr > best:
                     best = psnr
@@ -140,6 +144,8 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
                     "setup": cfg_dict, "model": model.state_dict(), "opt": opt.state_dict(),
                     "sched": sched.state_dict(), "sampler": sampler.state_dict(),
                     "rng": _rng_state(), "step": step, "best": best})
+            if stop_after is not None and step >= stop_after:
+                return {"best_val_psnr_db": best, "steps": step, "stopped": True}
     finally:
         vlog.close()
         bar.close()

@@ -36,7 +36,7 @@ from nas.config import Config, PenaltyConfig, dump_config
 from nas.data import PatchSampler, Task, make_pairs, split_names
 from nas.errors import UsageError
 from nas.gates import TemperatureSchedule
-from nas.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from nas.io import atomic_torch_save, atomic_write_json, atomic_write_text, truncate_jsonl
 from nas.supernet import Supernet
 
 log = logging.getLogger("acla_nas.search")
@@ -197,16 +197,8 @@ class SearchRun:
         self.train_sampler.load_state_dict(state["train_sampler"])
         self.val_sampler.load_state_dict(state["val_sampler"])
         self.step = int(state["step"])
-        self._truncate_log(self.step)
+        truncate_jsonl(self.log_path, self.step)
         return True
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines written after the checkpoint (they will be written again)."""
-        if not self.log_path.exists():
-            return
-        keep = [ln for ln in self.log_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(self.log_path, "".join(ln + "\n" for ln in keep))
 
     # -- steps ---------------------------------------------------------------------------
     def _autocast(self):

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from nas.benchmark import peak_memory_mb, time_step  # noqa: E402
 from search_spaces.operators import OPERATORS  # noqa: E402
 
 #: operator -> (num_refs, constructor config) benchmarked.
@@ -88,11 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def build(name: str, channels: int, size: int, device: torch.device):
     """The module, its inputs and a fixed output gradient; returns ``(clear, step)``: ``clear``
     drops every gradient (inputs and parameters), ``step`` runs ``clear`` + forward + backward."""
@@ -113,50 +108,6 @@ def build(name: str, channels: int, size: int, device: torch.device):
         module(x, refs).backward(grad)
 
     return clear, step
-
-
-def time_step(step, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``step`` in milliseconds."""
-    t_first = None
-    for _ in range(max(warmup, 1)):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        t_first = time.perf_counter() - t0
-    if t_first is not None and t_first > 5.0:
-        repeats = min(repeats, 3)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
-def peak_memory_mb(step, clear, device: torch.device) -> float:
-    """Peak extra tensor memory (MiB) of one step (method in the module docstring)."""
-    clear()
-    if device.type == "cuda":
-        _sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        _sync(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
-    # ``step`` clears the gradients again (already None: no free event inside the profile).
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-              and e.device_type() == torch.autograd.DeviceType.CPU]
-    events.sort(key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak / 2**20
 
 
 def nla_skip_reason(size: int, cap_gib: float) -> str | None:

@@ -1,0 +1,68 @@
+"""Measurement helpers shared by the benchmark scripts in ``experiments/bench/``.
+
+* :func:`time_step`: median wall time of a callable (warm-up steps first, CUDA synchronised).
+* :func:`peak_memory_mb`: peak *extra* tensor memory of one call. On CUDA
+  ``max_memory_allocated - memory_allocated`` after ``reset_peak_memory_stats``; on the CPU the
+  running sum of the allocator's ``[memory]`` events recorded by
+  ``torch.profiler.profile(profile_memory=True)`` (tracemalloc does not see tensor storage).
+
+Benchmarks report ratios measured in one run, never absolute targets in unit tests.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of ``step()`` in milliseconds (3 repeats at most when a step takes > 5 s)."""
+    t_first = None
+    for _ in range(max(warmup, 1)):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        t_first = time.perf_counter() - t0
+    if t_first is not None and t_first > 5.0:
+        repeats = min(repeats, 3)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def peak_memory_mb(step: Callable[[], None], clear: Callable[[], None],
+                   device: torch.device) -> float:
+    """Peak extra tensor memory (MiB) of one ``step()``; ``clear()`` first drops gradients."""
+    clear()
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+              and e.device_type() == torch.autograd.DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
