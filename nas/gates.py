@@ -7,9 +7,13 @@ choice with logits alpha and temperature tau,
     h = one_hot(argmax y)                                   (hard sample)
     w = h - stopgrad(y) + y                                 (value h, gradient of y)
 
-Only the sampled candidate j* is computed; its output is multiplied by w[j*] (= 1 in the forward
-pass). The loss gradient reaches every alpha through dy[j*]/dalpha, i.e.
-``dL/dalpha_i = <dL/dout, out_j*> * y_j* (delta_ij* - y_i) / tau``. The expected-FLOPs term uses
+Only the sampled candidate j* is computed, and the gate scales what it adds to its input:
+``out = x + w[j*] * (op_j*(x) - x)`` (value ``op_j*(x)`` in the forward pass). The loss gradient
+reaches every alpha through dy[j*]/dalpha,
+``dL/dalpha_i = <dL/dout, op_j*(x) - x> * y_j* (delta_ij* - y_i) / tau``: the sign says whether
+the attention residual lowers the loss (the marginal value of the module), and ``skip`` (whose
+residual is 0) is learned through the softmax coupling. Key-count gates of a point multiply into
+the same weight. The expected-FLOPs term uses
 the deterministic probabilities ``p = softmax(alpha)`` instead (no noise, see :mod:`nas.cost`).
 
 Logits live in :class:`Gates` as ``nn.Parameter`` s keyed by label; they are never part of the

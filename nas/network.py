@@ -8,8 +8,8 @@ constructors (:data:`search_spaces.operators.OPERATORS`), so the two cannot drif
 
 A forward pass takes per-point :class:`Decision` s: which operator, which key counts, and an
 optional gate weight (the straight-through Gumbel sample, value 1 in the forward pass) that
-multiplies the point's output so the architecture logits receive a gradient (GDAS estimator,
-see :mod:`nas.gates`).
+scales what the point adds to its input, ``feat + w * (op(feat) - feat)``, so the architecture
+logits receive a gradient (GDAS estimator, see :mod:`nas.gates`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ class Decision:
     Attributes:
         op: operator name or ``"skip"``.
         active_keys: key counts per reference (ACLA in the supernet), ``None`` = as built.
-        weight: scalar tensor multiplying the point's output (straight-through gate product, value
-            1); ``None`` for a plain forward.
+        weight: scalar tensor scaling the point's residual ``op(feat) - feat`` (straight-through
+            gate product, value 1); ``None`` for a plain forward.
     """
 
     op: str = SKIP
@@ -70,7 +70,10 @@ class InsertionPoint(nn.Module):
                 out = mod(feat, refs, ctx=ctx, active_keys=d.active_keys)
             else:
                 out = mod(feat, refs, ctx=ctx)
-        return out if d.weight is None else out * d.weight
+        if d.weight is None:
+            return out
+        # residual form: the gate scales what the point adds to its input (its value is 1)
+        return feat + (out - feat) * d.weight
 
 
 class AttentionNet(nn.Module):

@@ -217,6 +217,7 @@ class SearchRun:
         s = self.cfg.search
         bs = self.cfg.data.batch_size
         tau = self.tau(self.step)
+        self.model.set_tau(tau)
         self.model.train()
         # w-step: train split, L1 only; alpha gets no update here
         lq, hr = (self._to_device(t) for t in self.train_sampler.sample(bs))

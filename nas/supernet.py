@@ -70,6 +70,12 @@ class Supernet(nn.Module):
         """Network weights w (backbone and operators), without alpha."""
         return list(self.net.parameters())
 
+    def set_tau(self, tau: float) -> None:
+        """Anneal the operators' own Gumbel temperature (ACLA's key mask) with the gates'."""
+        for m in self.net.modules():
+            if hasattr(m, "tau") and hasattr(m, "adaptive"):
+                m.tau = tau
+
     # -- sampling --------------------------------------------------------------------------
     def sample(self, tau: float) -> tuple[dict[str, Any], dict[str, Decision]]:
         """Draw an architecture with straight-through Gumbel-softmax.
