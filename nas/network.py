@@ -72,8 +72,9 @@ class InsertionPoint(nn.Module):
                 out = mod(feat, refs, ctx=ctx)
         if d.weight is None:
             return out
-        # residual form: the gate scales what the point adds to its input (its value is 1)
-        return feat + (out - feat) * d.weight
+        # residual form: the gate scales what the point adds to its input (its value is 1);
+        # lerp = feat + w * (out - feat) in one op, without a saved difference tensor
+        return torch.lerp(feat, out, d.weight.to(out.dtype))
 
 
 class AttentionNet(nn.Module):
