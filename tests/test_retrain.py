@@ -83,3 +83,23 @@ def test_supernet_bad_config_one_line(tmp_path, capsys, sets, needle):
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run" / "supernet.pt").exists()
+
+
+def test_supernet_command_end_to_end(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    args = ["supernet", "-c", "experiments/search/sr_x2_small.yaml", "--out", str(out)]
+    for s in ["space.backbone={preset: edsr-tiny}", "data.images=[astronaut,chelsea,coffee,camera]",
+              "data.patch_size=24", "data.batch_size=2", "data.val_fraction=0.5",
+              "search.steps=4", "search.warmup_steps=1", "search.lr_size=[12,16]"]:
+        args += ["--set", s]
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "derived architecture" in printed and "GFLOPs" in printed
+    spec = json.loads((out / "arch.json").read_text())
+    assert spec["format_version"] == 1 and spec["cost"]["lr_size"] == [12, 16]
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4 and "probs" in rows[-1] and "e_gflops" in rows[-1]
+    assert (out / "config.yaml").exists() and (out / "supernet.pt").exists()
