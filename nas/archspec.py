@@ -129,7 +129,8 @@ class ArchSpec:
         bb = {k: v for k, v in self.backbone.items() if k != "type"}
         return SpaceConfig(backbone=bb, points=points or "all", ops=list(ops),
                            max_refs=int(self.space.get("max_refs", 2)), keys=list(keys),
-                           op_config=dict(self.space.get("op_config") or {}))
+                           op_config=dict(self.space.get("op_config") or {}),
+                           refs=dict(self.space.get("refs") or {}))
 
     def search_space(self):
         from search_spaces.space import SearchSpace

@@ -172,6 +172,7 @@ def fixed_point(space: SearchSpace, p: PointSpec, arch: Mapping[str, Any],
 def canonical_arch(space: SearchSpace, arch: Mapping[str, Any]) -> dict[str, Any]:
     """``arch`` with ACLA-without-keys written as ``skip`` and unused key labels dropped."""
     out: dict[str, Any] = {}
+    labels = {c.label for c in space.choices()}
     for p in space:
         op = arch[p.op_label()]
         keys = space.active_keys(arch, p.name) if space.uses_refs(op) else ()
@@ -179,7 +180,8 @@ def canonical_arch(space: SearchSpace, arch: Mapping[str, Any]) -> dict[str, Any
             op = SKIP
         out[p.op_label()] = op
         if space.uses_refs(op):
-            out.update({p.key_label(r): k for r, k in zip(p.refs, keys)})
+            out.update({p.key_label(r): k for r, k in zip(p.refs, keys)
+                        if p.key_label(r) in labels})
     return out
 
 

@@ -68,6 +68,8 @@ class SpaceConfig:
             earlier block outputs).
         keys: key-count values per reference layer (0 = not referenced).
         op_config: constructor keywords per operator, e.g. ``{"rela": {"heads": 4}}``.
+        refs: explicit reference layers per point, overriding ``max_refs``, e.g. the ACLA paper's
+            placement ``{"b07": ["head", "b03"]}`` (each must be an earlier feature).
     """
 
     backbone: dict = field(default_factory=lambda: {"preset": "edsr-small"})
@@ -76,6 +78,7 @@ class SpaceConfig:
     max_refs: int = 2
     keys: list[int] = field(default_factory=lambda: [0, 2, 4, 9])
     op_config: dict = field(default_factory=dict)
+    refs: dict = field(default_factory=dict)
 
 
 def backbone_kwargs(backbone: Mapping[str, Any]) -> tuple[str, dict]:
@@ -135,9 +138,20 @@ class SearchSpace:
                 raise UsageError(f"space.op_config.{op}: must be a mapping, got {cfg!r}")
         self.points: dict[str, PointSpec] = {}
         taps = ["head", *all_points]
+        for n in config.refs:
+            if n not in names:
+                raise UsageError(f"space.refs.{n}: not one of the searched points {names}")
         for n in names:
             earlier = taps[: taps.index(n)]
             refs = tuple(earlier[-config.max_refs :])
+            if n in config.refs:
+                refs = tuple(config.refs[n])
+                bad = [r for r in refs if r not in earlier]
+                if bad or not refs or len(set(refs)) != len(refs):
+                    raise UsageError(
+                        f"space.refs.{n}: {list(refs)} must be distinct earlier features of {n} "
+                        f"(from {earlier})"
+                    )
             self.points[n] = PointSpec(n, tuple(ops), refs, tuple(keys))
         if all(len(p.ops) == 1 for p in self.points.values()):
             raise UsageError("space.ops: empty search space (only 'skip' is offered)")
@@ -199,7 +213,6 @@ class SearchSpace:
                         lab = p.key_label(r)
                         if lab not in out and lab in by_label:
                             raise UsageError(f"choices: missing label {lab!r}")
-                        out.setdefault(lab, p.keys[-1])
         return out
 
     def active_keys(self, arch: Mapping[str, Any], point: str) -> tuple[int, ...]:

@@ -283,3 +283,25 @@ def test_large_lambda_pushes_gates_to_skip(tmp_path):
         if label.endswith("/op"):
             assert p["skip"] > rows[0]["probs"][label]["skip"]
     assert all(v == "skip" for k, v in res.arch.items() if k.endswith("/op"))
+
+
+def test_explicit_refs_paper_placement_roundtrip(tmp_path):
+    """The ACLA paper's placement: attention after each of 4 stages, reading the head and every
+    earlier stage output with 9 keys each (refs given explicitly, one key value: no key choice)."""
+    refs = {"b00": ["head"], "b01": ["head", "b00"], "b02": ["head", "b00", "b01"],
+            "b03": ["head", "b00", "b01", "b02"]}
+    cfg = SpaceConfig(backbone={"preset": "edsr-tiny"}, ops=["skip", "acla"], keys=[9], refs=refs)
+    net = Supernet(cfg, Task("sr", scale=2), LR)
+    assert [c.label for c in net.space.choices()] == ["b00/op", "b01/op", "b02/op", "b03/op"]
+    arch = {f"b0{i}/op": "acla" for i in range(4)}
+    fixed = net.fixed_network(arch)
+    assert [ip.refs for ip in fixed.points.values()] == [tuple(v) for v in refs.values()]
+    spec = ArchSpec(task={"name": "sr", "scale": 2},
+                    backbone={"type": "edsr", "num_feat": 16, "num_block": 4, "res_scale": 1.0},
+                    space={"ops": ["skip", "acla"], "keys": [9], "refs": refs}, choices=arch)
+    model = build_model(load_archspec(spec.save(tmp_path / "paper.json")))
+    x = torch.rand(1, 3, *LR)
+    assert measure_flops(model, x) == net.cost.exact(arch) == float(
+        net.cost.expected(net.cost.one_hot_probs(arch)))
+    with pytest.raises(UsageError, match="space.refs.b01"):
+        SearchSpace(SpaceConfig(refs={"b01": ["b02"]}), 4)
