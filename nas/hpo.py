@@ -62,6 +62,10 @@ Crashes and resume
 Failures
     A trial whose loss diverges (NaN/inf) ends FAIL, one that exceeds ``time_budget_s`` ends
     PRUNED; both carry the user attr ``fail_reason`` and the study goes on.
+
+Duplicates
+    A searched trial whose hyperparameters equal those of a COMPLETE trial reuses that trial's
+    result (user attr ``duplicate_of``) instead of repeating a deterministic search.
 """
 
 from __future__ import annotations
@@ -557,7 +561,6 @@ def prepare(cfg: Config, source: str = "config", trials: int | None = None,
     h, specs = parse_hpo(raw, source)
     base = copy.deepcopy(cfg)
     base.hpo = {}
-    check_search_config(base, source)
     targets: dict[str, str] = {}
     for name, s in specs.items():
         try:
@@ -565,6 +568,10 @@ def prepare(cfg: Config, source: str = "config", trials: int | None = None,
             _check_spec(name, s, leaf)
         except UsageError as e:
             raise UsageError(f"{source}: {e}") from None
+    setup = StudySetup(cfg=base, hpo=h, specs=specs, targets=targets, references=[],
+                       source=source)
+    # the config as the reference trials run it (searched fields at the config's own values)
+    check_search_config(trial_config(base, base_values(setup), targets, where=source), source)
     # every boundary value must give a valid trial config
     for name, s in specs.items():
         for v in _boundary_values(s):
@@ -588,8 +595,8 @@ def prepare(cfg: Config, source: str = "config", trials: int | None = None,
     names = [n for n, _ in refs]
     if len(set(names)) != len(names):
         raise UsageError(f"{source}: hpo.reference_trials: duplicated name")
-    return StudySetup(cfg=base, hpo=h, specs=specs, targets=targets, references=refs,
-                      source=source)
+    setup.references = refs
+    return setup
 
 
 # ----------------------------------------------------------------------------- storages
@@ -686,8 +693,7 @@ def resolve_storage(spec: str | None, out_dir: str | os.PathLike | None = None, 
                       grace_period=int(grace_period) if grace_period else None,
                       heartbeat_stale_trial_callback=cb)
     try:
-        with _quiet_optuna():
-            return optuna.storages.RDBStorage(url, **kwargs)
+        return _open_rdb(url, kwargs)
     except ModuleNotFoundError as e:
         extra = " (pip install 'acla-nas[postgres]')" if "psycopg" in str(e.name) else ""
         raise UsageError(f"--storage {redact(url)}: database driver {e.name!r} is not "
@@ -696,6 +702,22 @@ def resolve_storage(spec: str | None, out_dir: str | os.PathLike | None = None, 
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
         raise UsageError(f"--storage {redact(url)}: cannot open ({e.__class__.__name__}: "
                          f"{first[:200]})") from None
+
+
+def _open_rdb(url: str, kwargs: dict, tries: int = 5):
+    """``RDBStorage(url)``, retried when workers starting together race to create the tables."""
+    import optuna
+    from sqlalchemy import exc
+
+    for attempt in range(tries):
+        try:
+            with _quiet_optuna():
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except (exc.IntegrityError, exc.ProgrammingError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
@@ -730,17 +752,26 @@ def _proc_start(pid: int) -> str | None:
         return None
 
 
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def worker_id() -> dict:
-    """This process as ``{"host", "pid", "start"}`` (host from ``ACLA_NAS_WORKER_HOST`` if set)."""
+    """This process as ``{"host", "ns", "pid", "start"}``: host name (``ACLA_NAS_WORKER_HOST`` if
+    set), PID namespace (containers on one host differ), PID and process start time (PID reuse)."""
     pid = os.getpid()
-    return {"host": os.environ.get("ACLA_NAS_WORKER_HOST") or socket.gethostname(), "pid": pid,
-            "start": _proc_start(pid)}
+    return {"host": os.environ.get("ACLA_NAS_WORKER_HOST") or socket.gethostname(),
+            "ns": _pid_namespace(), "pid": pid, "start": _proc_start(pid)}
 
 
 def worker_alive(w: Mapping[str, Any]) -> bool | None:
-    """Whether a recorded worker process still runs; ``None`` if it ran on another host."""
+    """Whether a recorded worker process still runs; ``None`` if it ran on another host or in
+    another PID namespace (then only heartbeats can tell)."""
     me = worker_id()
-    if not isinstance(w, Mapping) or w.get("host") != me["host"]:
+    if not isinstance(w, Mapping) or w.get("host") != me["host"] or w.get("ns") != me["ns"]:
         return None
     pid = int(w.get("pid", -1))
     if pid == me["pid"]:
@@ -842,6 +873,9 @@ def open_study(setup: StudySetup, storage, name: str, *, seed: int | None = None
             diff = _first_difference(old, fp)
             raise UsageError(f"study {name!r} was created with a different config (first "
                              f"difference: {diff}); use another --study or the same config")
+    if h.ref_point is not None and study.user_attrs.get("ref_point") != [float(v) for v in h.ref_point]:
+        # a reporting choice, not part of a trial: the latest config states it
+        study.set_user_attr("ref_point", [float(v) for v in h.ref_point])
     if seed is None:
         seed = h.seed if created else (h.seed + 7919 * (1 + len(study.trials)) + os.getpid()) % 2**31
     study.sampler = make_sampler(h, seed)
@@ -858,8 +892,6 @@ def open_study(setup: StudySetup, storage, name: str, *, seed: int | None = None
             "gflops": "exact GFLOPs of the derived network at LR input "
                       f"{_lr_size_text(setup.cfg)}, FLOPs = 2 x MACs, per image"})
         study.set_user_attr("axis_labels", axis_labels(setup.cfg))
-        if h.ref_point is not None:
-            study.set_user_attr("ref_point", [float(v) for v in h.ref_point])
         values = base_values(setup)
         for ref_name, arch in setup.references:
             with _quiet_optuna():
@@ -987,6 +1019,19 @@ class Objective:
         if root != trial.number:
             trial.set_user_attr("retry_of", root)
         values = {name: suggest(trial, name, s) for name, s in setup.specs.items()}
+        if ref is None and not setup.hpo.seed_per_trial:
+            twin = finished_twin(trial, values)
+            if twin is not None:  # the search is deterministic: same params, same result
+                for k in ("run_dir", "arch_path", "flops", "params", "steps"):
+                    if k in twin.user_attrs:
+                        trial.set_user_attr(k, twin.user_attrs[k])
+                trial.set_user_attr("duplicate_of", twin.number)
+                with _quiet_optuna():
+                    trial.set_constraint("reference", 0.0)
+                out = (float(twin.values[0]), float(twin.values[1]))
+                self._report(TrialOutcome(trial.number, "COMPLETE", out,
+                                          f"same hyperparameters as trial {twin.number}"))
+                return out
         cfg = trial_config(setup.cfg, values, setup.targets, seed, where=f"trial {trial.number}")
         if ref is not None:
             if ref not in self.references:
@@ -1032,7 +1077,7 @@ class Objective:
         if first_step and first_step[0] > 0:
             trial.set_user_attr("resumed_from_step", first_step[0])
         trial.set_user_attr("arch_path", str(res.arch_path))
-        trial.set_user_attr("flops", float(res.gflops * 1e9))
+        trial.set_user_attr("flops", int(round(res.gflops * 1e9)))
         trial.set_user_attr("params", int(res.params))
         trial.set_user_attr("steps", int(res.steps))
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
@@ -1046,6 +1091,21 @@ class Objective:
     def _report(self, outcome: TrialOutcome) -> None:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
+
+
+def finished_twin(trial, values: Mapping[str, Any]):
+    """A COMPLETE searched trial with exactly these hyperparameters, or ``None``.
+
+    Trials share the config's seed (unless ``hpo.seed_per_trial``) and the search is
+    deterministic on a given device, so such a trial's result is reused instead of recomputed
+    (NSGA-II readily proposes a copy of a parent in small studies).
+    """
+    from optuna.trial import TrialState
+
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != trial.number and "reference" not in t.user_attrs and t.params == values:
+            return t
+    return None
 
 
 def count_trials(study) -> dict[str, int]:
@@ -1115,7 +1175,8 @@ def run_study(setup: StudySetup, study, out_dir: str | os.PathLike, *, device: A
     def on_outcome(o: TrialOutcome) -> None:
         if o.state == "COMPLETE":
             psnr, gfl = o.values
-            say(f"trial {o.number}: {psnr:.3f} dB, {gfl:.4f} GFLOPs ({o.seconds:.0f} s)")
+            say(f"trial {o.number}: {psnr:.3f} dB, {gfl:.4f} GFLOPs "
+                + (f"({o.reason})" if o.reason else f"({o.seconds:.0f} s)"))
         else:
             say(f"trial {o.number}: {o.state.lower()} - {o.reason} ({o.seconds:.0f} s)")
 

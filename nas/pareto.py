@@ -260,7 +260,7 @@ def plot_front(path: str | os.PathLike, points: Sequence[Sequence[float]], on_fr
                    edgecolors="tab:red", linewidths=1.5, label="knee", zorder=5)
     for k, (name, psnr, gfl) in enumerate(references):
         ax.scatter([gfl], [psnr], marker="*", s=160, c="tab:orange", edgecolors="k", linewidths=0.5,
-                   label="reference architectures" if k == 0 else None, zorder=6)
+                   label="reference architectures" if k == 0 else None, zorder=3.5)
         ax.annotate(name, (gfl, psnr), textcoords="offset points", xytext=(6, -10), fontsize=8,
                     color="tab:orange")
     if reference_point is not None:

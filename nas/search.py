@@ -226,7 +226,7 @@ class SearchRun:
             out = self.model(lq, dec)
             l1 = F.l1_loss(out.float(), hr)
         if not torch.isfinite(l1):
-            raise DivergedError(f"step {self.step}: L1 is {float(l1)}")
+            raise DivergedError(f"step {self.step}: L1 is {l1.item()}")
         self.opt_w.zero_grad(set_to_none=True)
         self.opt_a.zero_grad(set_to_none=True)
         l1.backward()
@@ -246,7 +246,7 @@ class SearchRun:
                 l1_v = F.l1_loss(out_v.float(), hr)
             loss = flops_penalty(l1_v, e_flops, s.penalty, self.base_flops)
             if not torch.isfinite(loss):
-                raise DivergedError(f"step {self.step}: alpha loss is {float(loss)}")
+                raise DivergedError(f"step {self.step}: alpha loss is {loss.item()}")
             self.opt_a.zero_grad(set_to_none=True)
             self.opt_w.zero_grad(set_to_none=True)
             loss.backward()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import logging
 import math
 import shlex
 import sys
@@ -24,6 +25,8 @@ from typing import Any
 
 from nas.cli import _config_args, command, emit_table, resolve_device
 from nas.errors import UsageError
+
+log = logging.getLogger("acla_nas.study")
 
 # ------------------------------------------------------------------------------ opening studies
 
@@ -203,13 +206,14 @@ def summarize(study, storage: str, base: Path | None = None,
                "params_m": ua["params"] / 1e6 if "params" in ua else math.nan,
                "front": t.number in best, "knee": False,
                "seconds": round(hpo.trial_seconds(t), 1),
-               "retry_of": ua.get("retry_of", ""), "fail_reason": ua.get("fail_reason", "")}
+               "retry_of": ua.get("retry_of", ""), "duplicate_of": ua.get("duplicate_of", ""),
+               "fail_reason": ua.get("fail_reason", "")}
         for p in params:
             row[p] = t.params.get(p)
         row["arch"] = str(arch) if arch else ua.get("arch_path", "")
         rows.append(row)
     cols = ["trial", "state", "reference", "psnr_db", "gflops", "params_m", "front", "knee",
-            "seconds", "retry_of", "fail_reason", *params, "arch"]
+            "seconds", "retry_of", "duplicate_of", "fail_reason", *params, "arch"]
     df = pd.DataFrame(rows, columns=cols)
     complete = df[df["state"] == "COMPLETE"]
     front_df = df[df["front"]].sort_values("gflops")
@@ -341,6 +345,10 @@ def run_search(args: argparse.Namespace) -> int:
     name = h.study or cfg.name
     out = args.out or Path("results") / name
     device = resolve_device(args.device)
+    if h.storage is None and not (out / "study.db").exists() and (out / "trials").is_dir() \
+            and any((out / "trials").iterdir()):
+        raise UsageError(f"{out}: holds trials/ of an earlier study but no study.db; use another "
+                         "--out or move trials/ away")
     storage = hpo.resolve_storage(h.storage, out, heartbeat_interval=h.heartbeat_interval,
                                   grace_period=h.grace_period, max_retry=h.max_retry)
     study, created = hpo.open_study(setup, storage, name)
@@ -352,8 +360,8 @@ def run_search(args: argparse.Namespace) -> int:
     atomic_write_text(out / "config.yaml",
                       f"# {_command_line(args)}\n# {_versions()}\n" + dump_config(resolved))
     progress = not args.quiet and sys.stderr.isatty()
-    print(f"study {name!r} {'created' if created else 'joined'} in {storage_text}; "
-          f"trials in {out / 'trials'}", file=sys.stderr)
+    log.info("study %r %s in %s; trials in %s", name, "created" if created else "joined",
+             storage_text, out / "trials")
     counts = hpo.run_study(setup, study, out, device=device, progress=progress)
     summary = summarize(study, storage_text, base=out)
     paths = write_outputs(summary, out, plot=not args.no_plot)
@@ -365,7 +373,7 @@ def run_search(args: argparse.Namespace) -> int:
         cols = ["trial", "psnr_db", "gflops", "params_m", "knee"]
         print(f"Pareto front ({len(front)} trials; {summary.axis_labels.get('psnr_db', 'PSNR dB')} "
               f"vs {summary.axis_labels.get('gflops', 'GFLOPs')}):")
-        emit_table(front[cols], "table")
+        emit_table(front[cols], "table", floatfmt="%.6g")
         print(f"hypervolume {summary.hypervolume:.6g} dB x GFLOPs against reference point "
               f"({summary.ref_point[0]:g} dB, {summary.ref_point[1]:g} GFLOPs)")
     else:
@@ -413,12 +421,12 @@ def run_pareto(args: argparse.Namespace) -> int:
     else:
         print("\n".join(s.header()))
         if len(s.trials):
-            emit_table(s.trials, "table")
+            emit_table(s.trials, "table", floatfmt="%.6g")
         front = s.front_frame
         if len(front):
             print(f"\nPareto front ({len(front)} trials, by GFLOPs):")
             emit_table(front[["trial", "psnr_db", "gflops", "params_m", "knee", *s.param_names]],
-                       "table")
+                       "table", floatfmt="%.6g")
     if args.plot is not None:
         if not len(s.trials):
             raise UsageError(f"--plot: study {s.name} has no trial to plot")
