@@ -28,3 +28,15 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ACLA_NAS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks gain nothing from threads; one thread keeps timings stable on shared CPUs
+    (and two worker processes from starving each other)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

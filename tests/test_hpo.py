@@ -17,15 +17,7 @@ from nas.errors import UsageError
 from tests.study_fixtures import TINY_STUDY as TINY  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from threads; one thread keeps timings stable on shared CPUs."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_config(tmp_path: Path, hpo_block: dict | None = None, **top) -> Path:
