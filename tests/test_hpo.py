@@ -16,7 +16,6 @@ from nas.config import load_config
 from nas.errors import UsageError
 from tests.study_fixtures import TINY_STUDY as TINY  # noqa: E402
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
