@@ -27,7 +27,7 @@ one axis).
 
 Usage::
 
-    python experiments/bench/peer_comparison.py [--budget 300] [--retrain-steps 300]
+    python experiments/bench/peer_comparison.py [--budget 300] [--retrain-steps 2000]
         [--config experiments/bench/peer_comparison.yaml] [--data-root ../shared/data]
 """
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=300, help="optimizer steps per method")
     p.add_argument("--ours-lambdas", type=float, nargs="+", default=[0.0, 0.02, 0.5])
     p.add_argument("--random-archs", type=int, default=3)
-    p.add_argument("--retrain-steps", type=int, default=300)
+    p.add_argument("--retrain-steps", type=int, default=2000)
     p.add_argument("--data-root", default=None)
     p.add_argument("--methods", nargs="+",
                    default=["acla-nas", "random", "nni-darts", "nni-gumbel", "baselines"])
