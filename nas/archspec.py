@@ -140,6 +140,22 @@ class ArchSpec:
         return SearchSpace(cfg, num_block)
 
 
+def backbone_block(config) -> dict:
+    """The ArchSpec ``backbone`` block of an :class:`backbones.EDSRConfig`."""
+    return {"type": "edsr", "num_feat": config.num_feat, "num_block": config.num_block,
+            "res_scale": config.res_scale}
+
+
+def space_block(space_cfg) -> dict:
+    """The ArchSpec ``space`` block of a :class:`search_spaces.space.SpaceConfig`: what was
+    offered (operators, key counts, operator keywords) and how reference layers are chosen."""
+    out = {"ops": list(space_cfg.ops), "max_refs": space_cfg.max_refs,
+           "keys": sorted(set(space_cfg.keys)), "op_config": dict(space_cfg.op_config)}
+    if space_cfg.refs:
+        out["refs"] = dict(space_cfg.refs)
+    return out
+
+
 def load_archspec(path: str | os.PathLike) -> ArchSpec:
     """Read and validate an ArchSpec JSON file.
 

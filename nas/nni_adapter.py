@@ -571,17 +571,14 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
     h, w = cost.lr_size
     _check_measured(fixed, flops, (h, w), arch)
 
-    from nas.archspec import ArchSpec
+    from nas.archspec import ArchSpec, backbone_block, space_block
 
-    bb = model_space.net.backbone.config
     seconds = time.perf_counter() - t0
     name = STRATEGIES[strategy][1]
     spec = ArchSpec(
         task=task.to_dict(),
-        backbone={"type": "edsr", "num_feat": bb.num_feat, "num_block": bb.num_block,
-                  "res_scale": bb.res_scale},
-        space={"ops": list(cfg.space.ops), "max_refs": cfg.space.max_refs,
-               "keys": sorted(set(cfg.space.keys)), "op_config": dict(cfg.space.op_config)},
+        backbone=backbone_block(model_space.net.backbone.config),
+        space=space_block(cfg.space),
         choices=arch,
         probs=probs,
         cost={"flops": flops, "gflops": flops / 1e9, "params": params, "lr_size": [h, w],

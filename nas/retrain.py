@@ -78,7 +78,7 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
     torch.manual_seed(cfg.seed)
     model = build_model(spec).to(device)
     if inherit:
-        _inherit(model, spec, cfg, Path(inherit))
+        _inherit(model, spec, Path(inherit))
     images = cfg.data.load()
     pairs = make_pairs(images, task, cfg.seed)
     sampler = PatchSampler(pairs, task, cfg.data.patch_size, seed=cfg.seed)
@@ -177,7 +177,7 @@ def _validate(model, val_pairs, train_pairs, task, device, cfg) -> float:
     return validate_on_crops(model, train_pairs[:4], task, 96, lambda t: t.to(device))
 
 
-def _inherit(model, spec: ArchSpec, cfg: Config, path: Path) -> None:
+def _inherit(model, spec: ArchSpec, path: Path) -> None:
     """Initialise from a supernet checkpoint (the supernet must match the spec's space)."""
     from nas.network import inherit_weights
     from nas.supernet import Supernet
@@ -185,11 +185,10 @@ def _inherit(model, spec: ArchSpec, cfg: Config, path: Path) -> None:
     if not path.is_file():
         raise UsageError(f"--inherit: {path}: no such supernet checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    scfg = Config(**{k: v for k, v in cfg.__dict__.items()})
     from nas.config import from_dict
     from search_spaces.space import SpaceConfig
 
-    scfg.space = from_dict(SpaceConfig, state["config"]["space"], "supernet.space")
-    sn = Supernet(scfg.space, spec.task_obj())
+    space_cfg = from_dict(SpaceConfig, state["config"]["space"], "supernet.space")
+    sn = Supernet(space_cfg, spec.task_obj())
     sn.load_state_dict(state["model"])
     inherit_weights(sn.net, model)

@@ -313,7 +313,7 @@ class SearchRun:
                                  max(self.cfg.data.patch_size, 96), self._to_device)
 
     def finish(self, seconds: float) -> SearchResult:
-        from nas.archspec import ArchSpec
+        from nas.archspec import ArchSpec, backbone_block, space_block
         from nas.flops import measure_flops
 
         model = self.model
@@ -330,15 +330,10 @@ class SearchRun:
                                  torch.empty(1, 3, h, w, device="meta"))
         if measured != flops:  # pragma: no cover - guarded by tests
             raise RuntimeError(f"analytic FLOPs {flops} != measured {measured} for {arch}")
-        bb = model.net.backbone.config
         spec = ArchSpec(
             task=self.task.to_dict(),
-            backbone={"type": "edsr", "num_feat": bb.num_feat, "num_block": bb.num_block,
-                      "res_scale": bb.res_scale},
-            space={"ops": list(self.cfg.space.ops), "max_refs": self.cfg.space.max_refs,
-                   "keys": sorted(set(self.cfg.space.keys)),
-                   "op_config": dict(self.cfg.space.op_config),
-                   **({"refs": dict(self.cfg.space.refs)} if self.cfg.space.refs else {})},
+            backbone=backbone_block(model.net.backbone.config),
+            space=space_block(self.cfg.space),
             choices=arch,
             probs=model.probs_dict(),
             cost={"flops": flops, "gflops": flops / 1e9, "params": params, "lr_size": [h, w],

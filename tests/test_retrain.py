@@ -103,3 +103,24 @@ def test_supernet_command_end_to_end(tmp_path, capsys, monkeypatch):
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 4 and "probs" in rows[-1] and "e_gflops" in rows[-1]
     assert (out / "config.yaml").exists() and (out / "supernet.pt").exists()
+
+
+def test_retrain_inherits_supernet_weights(tmp_path):
+    from nas.archspec import build_model
+    from nas.retrain import _inherit
+    from nas.search import SearchRun
+
+    sc = load_config(None, ["space.backbone={preset: edsr-tiny}", "space.ops=[skip, acla]",
+                            "data.images=[astronaut,chelsea,coffee,camera]", "data.patch_size=24",
+                            "data.batch_size=2", "data.val_fraction=0.5", "search.steps=2",
+                            "search.warmup_steps=1", "search.lr_size=[12,16]"])
+    run = SearchRun(sc, tmp_path / "sn", progress=False)
+    run.run()
+    spec = ArchSpec.from_dict(SPEC)
+    model = build_model(spec)
+    _inherit(model, spec, tmp_path / "sn" / "supernet.pt")
+    sn_state = run.model.net.state_dict()
+    assert torch.equal(model.backbone.head.weight, sn_state["backbone.head.weight"])
+    sliced = run.model.net.points["b01"].ops["acla"].sliced_state_dict([2, 4])
+    for k, v in model.points["b01"].ops["acla"].state_dict().items():
+        assert torch.equal(v, sliced[k]), k

@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from nas.archspec import ArchSpec  # noqa: E402
+from nas.archspec import ArchSpec, backbone_block, space_block  # noqa: E402
 from nas.config import load_config  # noqa: E402
 from nas.cost import CostModel  # noqa: E402
 from nas.data import resolve_data_root  # noqa: E402
@@ -61,26 +61,17 @@ from search_spaces.space import SKIP, SearchSpace  # noqa: E402
 
 def spec_for(cfg, space: SearchSpace, arch: dict, method: str) -> ArchSpec:
     """An ArchSpec of ``arch`` in ``cfg``'s space, with its exact cost."""
+    from nas.network import build_backbone
+
     task = cfg.task_obj()
     arch = canonical_arch(space, space.validate(arch))
     cm = CostModel(space, task)
-    bb = SearchRun_backbone(cfg)
-    return ArchSpec(task=task.to_dict(), backbone=bb,
-                    space={"ops": list(cfg.space.ops), "max_refs": cfg.space.max_refs,
-                           "keys": sorted(set(cfg.space.keys)),
-                           "op_config": dict(cfg.space.op_config),
-                           **({"refs": dict(cfg.space.refs)} if cfg.space.refs else {})},
-                    choices=arch, cost={"flops": cm.exact(arch), "gflops": cm.exact(arch) / 1e9,
-                                        "lr_size": list(cm.lr_size)},
+    flops = cm.exact(arch)
+    return ArchSpec(task=task.to_dict(),
+                    backbone=backbone_block(build_backbone(cfg.space, task).config),
+                    space=space_block(cfg.space), choices=arch,
+                    cost={"flops": flops, "gflops": flops / 1e9, "lr_size": list(cm.lr_size)},
                     provenance={"method": method})
-
-
-def SearchRun_backbone(cfg) -> dict:  # noqa: N802
-    from nas.network import build_backbone
-
-    c = build_backbone(cfg.space, cfg.task_obj()).config
-    return {"type": "edsr", "num_feat": c.num_feat, "num_block": c.num_block,
-            "res_scale": c.res_scale}
 
 
 def paper_placement(cfg, num_block: int):
