@@ -24,7 +24,7 @@ Images are RGB in ``[0, 1]``, tensors ``(B, 3, H, W)``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
@@ -51,6 +51,7 @@ class ResBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + res_scale * conv(relu(conv(x)))``, ``(B, C, H, W) -> (B, C, H, W)``."""
         return x + self.conv2(self.relu(self.conv1(x))) * self.res_scale
 
 
@@ -80,9 +81,6 @@ class EDSRConfig:
     tail: str = "upsample"  # "upsample" (SR) or "conv" (same-size restoration)
     num_in_ch: int = 3
     num_out_ch: int = 3
-
-    def to_dict(self) -> dict:
-        return {"type": "edsr", **asdict(self)}
 
 
 class EDSR(nn.Module):
@@ -138,19 +136,27 @@ class EDSR(nn.Module):
 
     @property
     def num_feat(self) -> int:
+        """C, feature channels."""
         return self.config.num_feat
 
     @property
     def scale(self) -> int:
+        """Upscaling factor (1 for same-size tasks)."""
         return self.config.scale
 
     def insertion_points(self) -> list[str]:
         """Labels of the insertion points, one after each residual block: ``["b00", ...]``."""
         return [f"b{i:02d}" for i in range(len(self.body))]
 
-    def tap_labels(self) -> list[str]:
-        """Labels of the features that attention may reference: ``["head", "b00", ...]``."""
-        return ["head", *self.insertion_points()]
+    #: keys of this backbone's ArchSpec ``backbone`` block (besides ``type``)
+    ARCHSPEC_KEYS = ("num_feat", "num_block", "res_scale")
+
+    def archspec_block(self) -> dict:
+        """The ArchSpec ``backbone`` block: ``{"type": "edsr", "num_feat", "num_block",
+        "res_scale"}`` (scale and tail come from the ArchSpec's task)."""
+        c = self.config
+        return {"type": "edsr", "num_feat": c.num_feat, "num_block": c.num_block,
+                "res_scale": c.res_scale}
 
     def forward(self, x: torch.Tensor, insert: InsertFn | None = None) -> torch.Tensor:
         """Restore ``x``.

@@ -66,4 +66,5 @@ class Registry:
         return iter(sorted(self._items))
 
     def keys(self) -> list[str]:
+        """The registered names, sorted."""
         return sorted(self._items)

@@ -1,6 +1,6 @@
 """Search spaces as data: insertion points, candidate operators, reference layers, key counts.
 
-Labels are the contract (design.md section 2). For insertion point ``b03`` (after residual
+Labels are the contract (``docs/design.md``, "Search space"). For insertion point ``b03`` (after residual
 block 3):
 
 * ``b03/op`` - ``"skip"`` or an operator name (``acla``, ``rela``, ``lcoa``, ``nla``);
@@ -18,7 +18,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
-from nas.errors import UsageError
+from nas.errors import UsageError, did_you_mean
 
 SKIP = "skip"
 
@@ -31,6 +31,11 @@ class Choice:
     values: tuple
 
     def index(self, value: Any) -> int:
+        """Position of ``value`` in :attr:`values`.
+
+        Raises:
+            UsageError: the value is not offered (names the label and the offered values).
+        """
         try:
             return self.values.index(value)
         except ValueError:
@@ -49,9 +54,11 @@ class PointSpec:
     keys: tuple[int, ...]
 
     def op_label(self) -> str:
+        """``bNN/op``."""
         return f"{self.name}/op"
 
     def key_label(self, ref: str) -> str:
+        """``bNN/keys@REF``."""
         return f"{self.name}/keys@{ref}"
 
 
@@ -81,29 +88,21 @@ class SpaceConfig:
     refs: dict = field(default_factory=dict)
 
 
-def backbone_kwargs(backbone: Mapping[str, Any]) -> tuple[str, dict]:
-    """``(registry name, keywords)`` of a ``backbone`` block (preset or explicit)."""
-    b = dict(backbone)
-    if "preset" in b:
-        name = b.pop("preset")
-    else:
-        name = b.pop("type", "edsr")
-    return name, b
-
-
 class SearchSpace:
     """The resolved search space.
 
     Args:
         config: the ``space`` block.
         num_block: number of residual blocks of the backbone (insertion points ``b00`` ...).
+        require_choice: refuse a space where every point offers only ``skip`` (a search space
+            must offer something; a fixed network's space need not).
 
     Raises:
         UsageError: unknown operator, ``skip`` missing, unknown insertion point, empty space,
             bad key counts (each message names the field).
     """
 
-    def __init__(self, config: SpaceConfig, num_block: int) -> None:
+    def __init__(self, config: SpaceConfig, num_block: int, require_choice: bool = True) -> None:
         from search_spaces.operators import OPERATORS
 
         self.config = config
@@ -125,7 +124,12 @@ class SearchSpace:
             raise UsageError("space.ops: must contain 'skip' (attention is optional at a point)")
         for op in ops:
             if op != SKIP:
-                OPERATORS.get(op)  # raises with a did-you-mean
+                try:
+                    OPERATORS.get(op)
+                except UsageError as e:
+                    raise UsageError(f"space.ops: {e}") from None
+        if not all(isinstance(k, int) and not isinstance(k, bool) for k in config.keys):
+            raise UsageError(f"space.keys: expected integer key counts, got {list(config.keys)}")
         keys = sorted(dict.fromkeys(int(k) for k in config.keys))
         if not keys or keys[0] < 0 or max(keys) < 1:
             raise UsageError(f"space.keys: need non-negative key counts with one >= 1, got {keys}")
@@ -153,16 +157,18 @@ class SearchSpace:
                         f"(from {earlier})"
                     )
             self.points[n] = PointSpec(n, tuple(ops), refs, tuple(keys))
-        if all(len(p.ops) == 1 for p in self.points.values()):
+        if require_choice and all(len(p.ops) == 1 for p in self.points.values()):
             raise UsageError("space.ops: empty search space (only 'skip' is offered)")
 
     # -- choices --------------------------------------------------------------------------
     def uses_refs(self, op: str) -> bool:
+        """Whether operator ``op`` reads reference layers (and so has key-count choices)."""
         from search_spaces.operators import OPERATORS
 
         return op != SKIP and OPERATORS.get(op).uses_refs
 
     def op_config(self, op: str) -> dict:
+        """A copy of the constructor keywords of ``op`` (``space.op_config``)."""
         return copy.deepcopy(self.config.op_config.get(op, {}))
 
     def choices(self) -> list[Choice]:
@@ -177,13 +183,6 @@ class SearchSpace:
     def __iter__(self) -> Iterator[PointSpec]:
         return iter(self.points.values())
 
-    def size(self) -> int:
-        """Number of distinct architectures (counting all-zero-key ACLA separately)."""
-        n = 1
-        for c in self.choices():
-            n *= len(c.values)
-        return n
-
     def validate(self, arch: Mapping[str, Any], *, complete: bool = True) -> dict[str, Any]:
         """Check an architecture dict against the space; returns a normalised copy.
 
@@ -196,11 +195,7 @@ class SearchSpace:
         out: dict[str, Any] = {}
         for label, value in arch.items():
             if label not in by_label:
-                import difflib
-
-                close = difflib.get_close_matches(label, by_label, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise UsageError(f"choices: unknown label {label!r}{hint}")
+                raise UsageError(f"choices: unknown label {label!r}{did_you_mean(label, by_label)}")
             c = by_label[label]
             out[label] = c.values[c.index(value)]
         if complete:

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nas.benchmark import peak_memory_mb, time_step  # noqa: E402
+from nas.timing import peak_memory_mb, time_step  # noqa: E402
 from search_spaces.operators import OPERATORS  # noqa: E402
 
 #: operator -> (num_refs, constructor config) benchmarked.

@@ -9,7 +9,7 @@ architectures on the built-in photos (SR x2, the space of ``--config``):
   each fixed network trained for ``budget / random_archs`` steps and scored on held-out crops
   (this search phase only ranks them; all of them go to the final retrain);
 * ``nni-darts`` / ``nni-gumbel``: NNI 3.0's ``DARTS`` and ``GumbelDARTS`` one-shot strategies on
-  the same space through :mod:`nas.nni_adapter` (accuracy only: NNI's penalty sends no gradient to
+  the same space through :mod:`nas.adapters.nni` (accuracy only: NNI's penalty sends no gradient to
   alpha), ``budget`` steps each; skipped with the reason recorded when NNI is not installed;
 * fixed baselines (no search cost): ``no_attention``, ``acla_everywhere`` (every point, largest
   key count from every reference) and ``acla_paper`` (the ACLA paper's placement: the body split
@@ -47,21 +47,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from nas.engine.cost import CostModel  # noqa: E402
 
-from nas.archspec import ArchSpec, backbone_block, space_block  # noqa: E402
 from nas.config import load_config  # noqa: E402
-from nas.cost import CostModel  # noqa: E402
-from nas.data import resolve_data_root  # noqa: E402
-from nas.network import canonical_arch  # noqa: E402
-from nas.pareto import hypervolume_2d, pareto_mask  # noqa: E402
-from nas.retrain import retrain  # noqa: E402
-from nas.search import SearchRun  # noqa: E402
+from nas.engine.archspec import ArchSpec, backbone_block, space_block  # noqa: E402
+from nas.engine.network import canonical_arch  # noqa: E402
+from nas.engine.retrain import retrain  # noqa: E402
+from nas.engine.supernet_search import SupernetSearch  # noqa: E402
+from nas.restoration.data import resolve_data_root  # noqa: E402
+from nas.study.pareto import hypervolume_2d, pareto_mask  # noqa: E402
 from search_spaces.space import SKIP, SearchSpace  # noqa: E402
 
 
 def spec_for(cfg, space: SearchSpace, arch: dict, method: str) -> ArchSpec:
     """An ArchSpec of ``arch`` in ``cfg``'s space, with its exact cost."""
-    from nas.network import build_backbone
+    from nas.engine.network import build_backbone
 
     task = cfg.task_obj()
     arch = canonical_arch(space, space.validate(arch))
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.search.log_every = 10
     cfg.search.checkpoint_every = 10**9
     task = cfg.task_obj()
-    from nas.network import build_backbone
+    from nas.engine.network import build_backbone
 
     num_block = build_backbone(cfg.space, task).config.num_block
     space = SearchSpace(cfg.space, num_block)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             c.search.warmup_steps = min(c.search.warmup_steps, steps // 3)
             c.search.tau.steps = steps
             c.search.penalty.lam = lam
-            res = SearchRun(c, args.work / f"ours_lambda_{lam:g}", progress=False).run()
+            res = SupernetSearch(c, args.work / f"ours_lambda_{lam:g}", progress=False).run()
             found.append(("acla-nas", spec_for(cfg, space, res.arch, f"acla-nas lambda={lam:g}")))
         search_seconds["acla-nas"] = time.perf_counter() - t0
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if method not in args.methods:
             continue
         try:
-            from nas.nni_adapter import run_nni
+            from nas.adapters.nni import run_nni
 
             t0 = time.perf_counter()
             spec = run_nni(strategy, cfg, args.work / method, steps=args.budget)

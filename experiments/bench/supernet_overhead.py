@@ -10,7 +10,7 @@ step (forward, L1 loss, backward) is timed on
 on the same batch, in one run, and the ratios are written to
 ``results/bench/supernet_overhead.csv`` (one row per architecture plus a geometric-mean row).
 Targets (issue 4): time ratio <= 1.3, memory ratio <= 1.2. Method of time and memory:
-:mod:`nas.benchmark`.
+:mod:`nas.timing`.
 
 Usage::
 
@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nas.benchmark import peak_memory_mb, time_step  # noqa: E402
 from nas.config import load_config  # noqa: E402
-from nas.network import Decision  # noqa: E402
-from nas.supernet import Supernet  # noqa: E402
+from nas.engine.network import Decision  # noqa: E402
+from nas.engine.supernet import Supernet  # noqa: E402
+from nas.timing import peak_memory_mb, time_step  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

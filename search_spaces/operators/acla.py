@@ -1,4 +1,4 @@
-"""Adaptive Cross-Layer Attention (ACLA), arXiv 2203.03619 (spec: papers.md §1.3, design.md §2).
+"""Adaptive Cross-Layer Attention (ACLA), arXiv 2203.03619 (formulas: ``docs/operators.md``).
 
 Each query pixel ``p`` of the query layer ``X`` (``B x C x H x W``) attends to ``K_l`` keys in each
 earlier (reference) layer ``F_l``, ``l = 1..L``. Everything about the keys is predicted from the
@@ -12,7 +12,7 @@ query alone (Deformable-DETR style, as in the public ``CL_Attention``/``ACL_Atte
     a(p)   = Softmax_{(l,k) kept}(A(p))           one softmax over all kept slots jointly
     Y      = X + Proj(Σ_{l,k} a_lk · S_lk)         Proj: zero-initialised 1x1 conv
 
-Fixes relative to the released code (papers.md §1.4): the offset of slot ``s`` is read from
+Fixes relative to the released code (``docs/operators.md``, ACLA): the offset of slot ``s`` is read from
 channels ``2s, 2s+1`` (not ``s, s+1``); the softmax normalises over the key slots (not over
 ``W``); masked keys are *removed* from the softmax (``-inf`` logits) instead of being
 down-weighted by a multiplicative mask on the logits; no tensor is created on the CPU in
@@ -195,6 +195,14 @@ class ACLA(AttentionOp):
             raise ValueError(f"tau must be a positive number, got {value!r}")
         self._tau = float(value)
 
+    def set_temperature(self, tau: float) -> None:
+        """Anneal the keep/drop relaxation's temperature (see :attr:`tau`).
+
+        Raises:
+            ValueError: ``tau <= 0``.
+        """
+        self.tau = tau
+
     def _init_weights(self) -> None:
         nn.init.zeros_(self.conv_offset.weight)
         grid: list[float] = []
@@ -267,7 +275,7 @@ class ACLA(AttentionOp):
             raise ValueError("active_keys: all counts are 0, the module is the identity")
         return {"num_refs": len(kept), "keys": kept, "adaptive": self.adaptive, "tau": self.tau}
 
-    def sliced_state_dict(self, active_keys: Sequence[int]) -> dict[str, torch.Tensor]:
+    def sliced_state_dict(self, active_keys: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         """State dict of ``ACLA(channels, **self.sliced_config(active_keys))`` holding the slots
         ``active_keys`` selects (the first ``k_l`` slots of each reference, detached copies).
 
@@ -277,8 +285,9 @@ class ACLA(AttentionOp):
         Raises:
             ValueError: bad ``active_keys`` or all zero.
         """
-        self.sliced_config(active_keys)
-        ranges = self._slot_ranges(self.check_active_keys(active_keys))
+        active = self.check_active_keys(active_keys)
+        self.sliced_config(active)
+        ranges = self._slot_ranges(active)
         out: dict[str, torch.Tensor] = {}
         for name, t in self.state_dict().items():
             mod = name.split(".")[0]
@@ -458,7 +467,7 @@ class ACLA(AttentionOp):
     # ----------------------------------------------------------------------------- cost
     @classmethod
     def flops(cls, channels: int, height: int, width: int, config: dict[str, Any]) -> int:
-        """Forward FLOPs (= 2 x MACs) per image, per the rule of :mod:`nas.flops`.
+        """Forward FLOPs (= 2 x MACs) per image, per the rule of :mod:`nas.engine.flops`.
 
         With ``N = H·W``, ``S = Σ_l k_l`` active slots, ``L'`` references with ``k_l > 0`` and
         ``a = 1`` if adaptive else 0::

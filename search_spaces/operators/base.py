@@ -11,14 +11,19 @@ Calling convention (all operators):
   freshly inserted module is exactly the identity.
 * ``flops(C, H, W, config) -> int``: the forward FLOPs (= 2 x MACs) of one module on one image of
   ``H x W`` with ``C`` channels, built with constructor keywords ``config``, following the counting
-  rule of :mod:`nas.flops`. Equal to :func:`nas.flops.measure_flops` on the module (tested).
+  rule of :mod:`nas.engine.flops`. Equal to :func:`nas.engine.flops.measure_flops` on the module (tested).
 * Constructor: ``Op(channels, num_refs=0, **config)``; bad arguments raise ``ValueError`` naming
   the argument.
+* What the engine calls besides ``forward`` and ``flops`` (declared on :class:`AttentionOp`, with
+  defaults for operators that need nothing special): :meth:`AttentionOp.set_temperature` (the
+  supernet anneals an operator's own Gumbel relaxation with its gates) and
+  :meth:`AttentionOp.sliced_state_dict` (the weights of the stand-alone module a key-count
+  choice selects, used when a derived network inherits the supernet's weights).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -77,9 +82,31 @@ class AttentionOp(nn.Module):
                     f"refs[{i}] has shape {tuple(r.shape)}, expected the query's {tuple(x.shape)}"
                 )
 
+    def set_temperature(self, tau: float) -> None:
+        """Set the temperature of the operator's own straight-through Gumbel relaxation, if it
+        has one (ACLA's key mask). The default does nothing.
+
+        Args:
+            tau: temperature > 0.
+        """
+
+    def sliced_state_dict(self, active_keys: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """Weights of the stand-alone module equal to this one restricted to ``active_keys``
+        (operators with key slots override this); the default is a detached copy of the state
+        dict.
+
+        Args:
+            active_keys: key counts per reference (ignored by operators without key slots).
+        """
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
     @classmethod
     def flops(cls, channels: int, height: int, width: int, config: dict[str, Any]) -> int:
-        """Forward FLOPs (= 2 x MACs) of one module on one ``height x width`` image."""
+        """Forward FLOPs (= 2 x MACs) of one module on one ``height x width`` image.
+
+        Raises:
+            NotImplementedError: an operator that does not define its formula.
+        """
         raise NotImplementedError
 
 

@@ -1,4 +1,4 @@
-"""Learnable Collaborative Attention (LCoA), arXiv 2404.04922 (spec: papers.md §3.3).
+"""Learnable Collaborative Attention (LCoA), arXiv 2404.04922 (formulas: ``docs/operators.md``).
 
 Learnable sparse pattern (LSP) + collaborative attention (CoA), as in the public
 ``kmeans_attention.py`` of LCoAN (one clustering round, R = 1)::
@@ -313,7 +313,7 @@ class LCoA(AttentionOp):
 
     @classmethod
     def flops(cls, channels: int, height: int, width: int, config: dict[str, Any]) -> int:
-        """Forward FLOPs (= 2 x MACs) per image, per :mod:`nas.flops`.
+        """Forward FLOPs (= 2 x MACs) per image, per :mod:`nas.engine.flops`.
 
         With ``N = H·W``, ``d = C / reduction``, ``(w', n_chunks, N_pad, nb)`` from
         :func:`chunk_geometry` and ``T = N_pad·nb·w'`` query-key pairs::

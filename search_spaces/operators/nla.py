@@ -1,5 +1,5 @@
 """Full softmax non-local attention (Wang et al., CVPR 2018, "embedded Gaussian"): the quadratic
-baseline the efficient operators are compared with (papers.md §3.5 / §5)::
+baseline the efficient operators are compared with (``docs/operators.md``, NLA)::
 
     θ, φ, g = Conv1x1_{C→d}(X) (three of them; d = C / reduction)
     A       = Softmax_j(θ_iᵀ φ_j)                 N x N over all N = H·W positions, no scaling
@@ -79,7 +79,7 @@ class NLA(AttentionOp):
 
     @classmethod
     def flops(cls, channels: int, height: int, width: int, config: dict[str, Any]) -> int:
-        """Forward FLOPs (= 2 x MACs) per image, per :mod:`nas.flops`.
+        """Forward FLOPs (= 2 x MACs) per image, per :mod:`nas.engine.flops`.
 
         With ``N = H·W`` and ``d = C / reduction``::
 

@@ -1,6 +1,6 @@
-"""Rank-Enhanced Linear Attention (RELA), arXiv 2505.16157 (spec: papers.md §2.3).
+"""Rank-Enhanced Linear Attention (RELA), arXiv 2505.16157 (formulas: ``docs/operators.md``).
 
-The paper's exact equations were not reachable; this follows the reading in papers.md §2.3,
+The paper's exact equations were not reachable; this follows the reading in ``docs/operators.md`` (RELA),
 consistent with the RALA code of the same group and the third-party ``LiteLA``::
 
     Q, K, V = Conv1x1_{C→3C}(X)                    split into h heads of d = C/h channels
@@ -49,7 +49,7 @@ def feature_map(t: torch.Tensor, kind: str) -> torch.Tensor:
 
 @OPERATORS.register("rela")
 class RELA(AttentionOp):
-    """Multi-head rank-enhanced linear attention (papers.md §2.3); uses only the query.
+    """Multi-head rank-enhanced linear attention (``docs/operators.md``, RELA); uses only the query.
 
     Args:
         channels: C.
@@ -146,7 +146,7 @@ class RELA(AttentionOp):
 
     @classmethod
     def flops(cls, channels: int, height: int, width: int, config: dict[str, Any]) -> int:
-        """Forward FLOPs (= 2 x MACs) per image, per :mod:`nas.flops`.
+        """Forward FLOPs (= 2 x MACs) per image, per :mod:`nas.engine.flops`.
 
         With ``N = H·W``, ``d = C / heads``, ``k = dw_kernel``::
 

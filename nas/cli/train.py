@@ -1,0 +1,94 @@
+"""``acla-nas supernet`` (one supernet search) and ``acla-nas retrain`` (train a fixed network)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from nas.cli.common import claim_run_dir, config_args, resolve_device
+
+#: where run folders go unless ``--out`` says otherwise (git-ignored)
+RUNS = Path("runs")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def supernet_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``supernet``."""
+    config_args(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder (default: runs/<name>/supernet); resumed if it holds this "
+                        "run's checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="start over in a folder that holds another run (its files are removed)")
+
+
+def run_supernet(args: argparse.Namespace) -> int:
+    """One supernet search: derive, score and export its argmax architecture."""
+    from nas.config import load_config
+    from nas.engine.supernet_search import SupernetSearch
+
+    cfg = load_config(args.config, args.overrides)
+    device = resolve_device(args.device)
+    out = args.out or RUNS / cfg.name / "supernet"
+    claim_run_dir(out, "supernet", {"config_sha": _digest(cfg.to_dict())}, args.force)
+    run = SupernetSearch(cfg, out, device=device, progress=not args.quiet and sys.stderr.isatty())
+    res = run.run()
+    print(f"derived architecture: {res.arch_path}")
+    print(f"validation PSNR {res.psnr_db:.2f} dB (inherited weights), {res.gflops:.3f} GFLOPs at "
+          f"{run.model.cost.lr_size[1]}x{run.model.cost.lr_size[0]} input, "
+          f"{res.params / 1e6:.3f} M params, {res.seconds:.0f} s")
+    print(f"log: {out / 'log.jsonl'}")
+    return 0
+
+
+def retrain_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``retrain``."""
+    p.add_argument("arch", type=Path, help="ArchSpec JSON")
+    config_args(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder (default: runs/<name>/retrain); resumed if it holds this run")
+    p.add_argument("--force", action="store_true",
+                   help="start over in a folder that holds another run (its files are removed)")
+    p.add_argument("--data-root", default=None,
+                   help="benchmark data for validation/evaluation (default: $ACLA_NAS_DATA; "
+                        "without it, validation uses held-out crops and no benchmark is run)")
+    p.add_argument("--inherit", type=Path, default=None,
+                   help="initialise from a supernet checkpoint (supernet.pt)")
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    """Train an exported architecture, validate it, evaluate it on benchmark sets."""
+    from nas.config import load_config
+    from nas.engine.archspec import load_archspec
+    from nas.engine.retrain import retrain
+    from nas.errors import UsageError
+    from nas.restoration.images import resolve_data_root
+
+    spec = load_archspec(args.arch)
+    cfg = load_config(args.config, args.overrides)
+    device = resolve_device(args.device)
+    root = None
+    if args.data_root or os.environ.get("ACLA_NAS_DATA"):
+        root = resolve_data_root(args.data_root)
+    if args.inherit is not None and not args.inherit.is_file():
+        raise UsageError(f"--inherit: {args.inherit}: no such supernet checkpoint")
+    out = args.out or RUNS / cfg.name / "retrain"
+    claim_run_dir(out, "retrain", {"config_sha": _digest(cfg.to_dict()),
+                                   "arch_sha": _digest(spec.choices),
+                                   "inherit": str(args.inherit) if args.inherit else None},
+                  args.force)
+    res = retrain(spec, cfg, out, data_root=root, device=device,
+                  progress=not args.quiet and sys.stderr.isatty(), inherit=args.inherit)
+    print(f"best validation PSNR {res['best_val_psnr_db']:.2f} dB after {res['steps']} steps "
+          f"({res['seconds']:.0f} s); weights: {out / 'model_best.pt'}")
+    for row in res.get("eval", []):
+        print(f"{row['set']:>9}: {row['psnr']:.2f} dB / {row['ssim']:.4f} "
+              f"({row['images']} images)")
+    return 0

@@ -1,0 +1,298 @@
+"""Paired training data: degraded copies of HR images, train/val split, random aligned patches.
+
+Images are ``uint8`` arrays ``(H, W, 3)`` (RGB) until they become model tensors ``(B, 3, H, W)``
+float32 in [0, 1]. Degraded inputs of evaluation images can be cached on disk (keyed by image
+content, task and seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from nas.errors import UsageError, did_you_mean
+from nas.restoration.images import (
+    BUILTIN_PHOTOS,
+    image_size,
+    list_images,
+    load_builtin,
+    load_folder,
+)
+from nas.restoration.task import Task, modcrop
+
+
+def image_seed(name: str, base: int = 0) -> int:
+    """A stable per-image seed (CRC32 of the name plus ``base``) for evaluation noise."""
+    return (zlib.crc32(name.encode()) + base) % (2**31)
+
+
+# ------------------------------------------------------------------------------ paired images
+@dataclass
+class PairedImage:
+    """One HR image and its degraded input: ``hr`` uint8 ``(H, W, 3)``, ``lq`` float32 [0, 255]."""
+
+    name: str
+    hr: np.ndarray
+    lq: np.ndarray
+    gray: bool = False  # the HR file is single-channel: scored on gray values, not Y
+
+
+def make_pairs(
+    images: dict[str, np.ndarray], task: Task, seed: int = 0, cache_dir: Path | None = None,
+    gray: set[str] | frozenset = frozenset(),
+) -> list[PairedImage]:
+    """Modcrop each HR image and degrade it (cached on disk when ``cache_dir`` is given).
+
+    ``gray``: names of images stored as single-channel files (see :class:`PairedImage`).
+    """
+    pairs = []
+    for name, img in images.items():
+        hr = modcrop(img, task.hr_modulo)
+        lq = _cached_degrade(hr, task, image_seed(name, seed), cache_dir)
+        pairs.append(PairedImage(name, hr, lq, name in gray))
+    return pairs
+
+
+def _cached_degrade(hr: np.ndarray, task: Task, seed: int, cache_dir: Path | None) -> np.ndarray:
+    if cache_dir is None:
+        return task.degrade(hr, seed)
+    key = hashlib.sha1(hr.tobytes() + repr((hr.shape, task, seed, 1)).encode()).hexdigest()
+    path = Path(cache_dir) / f"{key}.npy"
+    if path.exists():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is recomputed
+    lq = task.degrade(hr, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, lq)
+    os.replace(tmp, path)
+    return lq
+
+
+def default_cache_dir() -> Path:
+    """``$ACLA_NAS_CACHE`` or ``~/.cache/acla-nas`` (degraded benchmark inputs)."""
+    env = os.environ.get("ACLA_NAS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "acla-nas"
+
+
+def split_names(names: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[list, list]:
+    """Split image names into (train, val) for bilevel search; at least one image each.
+
+    Raises:
+        UsageError: fewer than two images, or ``val_fraction`` outside (0, 1).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"data.val_fraction: must be in (0, 1), got {val_fraction}")
+    names = sorted(names)
+    if len(names) < 2:
+        raise UsageError(f"data: need at least 2 images for a train/val split, got {len(names)}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val = min(len(names) - 1, max(1, round(val_fraction * len(names))))
+    val = sorted(names[i] for i in order[:n_val])
+    train = sorted(names[i] for i in order[n_val:])
+    return train, val
+
+
+class PatchSampler:
+    """Random aligned (LQ, HR) patches with flips and 90-degree rotations.
+
+    Args:
+        pairs: degraded images (see :func:`make_pairs`).
+        task: the task (its scale aligns LQ and HR crops; AWGN is re-drawn for every patch).
+        patch_size: HR patch side in pixels (LQ side = patch_size / scale).
+        augment: random horizontal/vertical flips and transposition.
+        seed: seed of the sampler's own generator (its state is checkpointed).
+
+    Raises:
+        UsageError: patch_size not a multiple of the scale (or 2 for demosaicing), or an image
+            smaller than a patch (names the image).
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[PairedImage],
+        task: Task,
+        patch_size: int,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if patch_size % task.hr_modulo:
+            raise UsageError(
+                f"patch_size: {patch_size} is not a multiple of {task.hr_modulo} "
+                f"({task.describe()})"
+            )
+        for p in pairs:
+            if min(p.hr.shape[:2]) < patch_size:
+                raise UsageError(
+                    f"{p.name}: image {p.hr.shape[1]}x{p.hr.shape[0]} is smaller than the patch "
+                    f"size {patch_size}"
+                )
+        if not pairs:
+            raise UsageError("data: no training images")
+        self.pairs = list(pairs)
+        self.task = task
+        self.patch_size = patch_size
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        # clean LQ for AWGN: noise is drawn per patch
+        self._clean = task.name == "denoise"
+
+    def state_dict(self) -> dict:
+        """The generator state (checkpointed, so a resumed run draws the same patches)."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state from :meth:`state_dict`."""
+        self.rng.bit_generator.state = state["rng"]
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw a batch: ``(lq (B, 3, p/s, p/s), hr (B, 3, p, p))`` float32 in [0, 1]."""
+        s, p = self.task.scale, self.patch_size
+        mod = 2 if self.task.name == "demosaic" else 1  # keep the Bayer phase
+        lqs, hrs = [], []
+        for _ in range(batch_size):
+            pair = self.pairs[self.rng.integers(len(self.pairs))]
+            h, w = pair.hr.shape[:2]
+            y = int(self.rng.integers(0, (h - p) // (s * mod) + 1)) * s * mod
+            x = int(self.rng.integers(0, (w - p) // (s * mod) + 1)) * s * mod
+            hr = pair.hr[y : y + p, x : x + p].astype(np.float32)
+            if self._clean:
+                lq = hr + self.rng.standard_normal(hr.shape, dtype=np.float32) * np.float32(
+                    self.task.sigma
+                )
+            else:
+                lq = pair.lq[y // s : (y + p) // s, x // s : (x + p) // s]
+            if self.augment:
+                lq, hr = _augment(lq, hr, self.rng, keep_bayer=self.task.name == "demosaic")
+            lqs.append(np.ascontiguousarray(lq))
+            hrs.append(np.ascontiguousarray(hr))
+        return to_tensor(np.stack(lqs)), to_tensor(np.stack(hrs))
+
+
+def _augment(lq, hr, rng, keep_bayer: bool):
+    # flips and transposition; for a Bayer mosaic only transposition keeps the RGGB phase
+    if not keep_bayer:
+        if rng.random() < 0.5:
+            lq, hr = lq[:, ::-1], hr[:, ::-1]
+        if rng.random() < 0.5:
+            lq, hr = lq[::-1], hr[::-1]
+    if rng.random() < 0.5:
+        lq, hr = lq.transpose(1, 0, 2), hr.transpose(1, 0, 2)
+    return lq, hr
+
+
+def to_tensor(batch: np.ndarray) -> torch.Tensor:
+    """``(B, H, W, 3)`` or ``(H, W, 3)`` on [0, 255] -> ``(B, 3, H, W)`` float32 on [0, 1]."""
+    if batch.ndim == 3:
+        batch = batch[None]
+    return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).float() / 255.0
+
+
+def to_image(t: torch.Tensor) -> np.ndarray:
+    """``(3, H, W)`` or ``(1, 3, H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8 (rounded, clipped)."""
+    if t.dim() == 4:
+        t = t[0]
+    arr = t.detach().float().cpu().clamp(0, 1).mul(255.0).round().byte().numpy()
+    return arr.transpose(1, 2, 0)
+
+
+@dataclass
+class DataConfig:
+    """Where training/validation images come from (the ``data`` block of a config).
+
+    Attributes:
+        source: ``"builtin"`` (skimage photos) or a folder path of HR images.
+        images: subset of built-in photo names (default: all of :data:`BUILTIN_PHOTOS`).
+        val_fraction: fraction of images held out for the alpha step / validation.
+        patch_size: HR patch side.
+        batch_size: patches per step.
+    """
+
+    source: str = "builtin"
+    images: list[str] = field(default_factory=list)
+    val_fraction: float = 0.2
+    patch_size: int = 48
+    batch_size: int = 8
+
+    def load(self) -> dict[str, np.ndarray]:
+        """The selected images as ``{name: (H, W, 3) uint8}``.
+
+        Raises:
+            UsageError: unknown built-in photo, missing folder, unreadable image, or a name in
+                ``images`` that the folder does not hold.
+        """
+        if self.source == "builtin":
+            return load_builtin(self.images or None)
+        imgs = load_folder(self.source)
+        if self.images:
+            missing = [n for n in self.images if n not in imgs]
+            if missing:
+                raise UsageError(f"data.images: not in {self.source}: {missing}")
+            imgs = {n: imgs[n] for n in self.images}
+        return imgs
+
+    def image_sizes(self) -> dict[str, tuple[int, int]]:
+        """``{name: (H, W)}`` of the selected images, read from file headers (no decoding).
+
+        Raises:
+            UsageError: as :meth:`load`.
+        """
+        if self.source == "builtin":
+            return {n: img.shape[:2] for n, img in load_builtin(self.images or None).items()}
+        sizes = {p.stem: image_size(p) for p in list_images(self.source)}
+        if self.images:
+            missing = [n for n in self.images if n not in sizes]
+            if missing:
+                raise UsageError(f"data.images: not in {self.source}: {missing}")
+            sizes = {n: sizes[n] for n in self.images}
+        return sizes
+
+    def check(self, task: Task, min_images: int = 2) -> None:
+        """Validate the block against a task before anything is trained.
+
+        Raises:
+            UsageError: unknown built-in photo, missing or empty folder, ``val_fraction`` outside
+                (0, 1), ``patch_size`` < 8 or not a multiple of the task's HR modulo (the scale
+                for SR, 2 for demosaicing), ``batch_size`` < 1, fewer than ``min_images`` images,
+                or an image smaller than a patch (names the image).
+        """
+        if self.source == "builtin":
+            bad = [n for n in self.images if n not in BUILTIN_PHOTOS]
+            if bad:
+                raise UsageError(f"data.images: unknown built-in photo {bad[0]!r}"
+                                 f"{did_you_mean(bad[0], BUILTIN_PHOTOS)}; known: "
+                                 f"{', '.join(BUILTIN_PHOTOS)}")
+        elif not Path(self.source).is_dir():
+            raise UsageError(f"data.source: {self.source}: image folder does not exist")
+        if not 0 < self.val_fraction < 1:
+            raise UsageError(f"data.val_fraction: must be in (0, 1), got {self.val_fraction}")
+        if self.patch_size < 8:
+            raise UsageError(f"data.patch_size: must be >= 8, got {self.patch_size}")
+        if self.patch_size % task.hr_modulo:
+            raise UsageError(f"data.patch_size: {self.patch_size} is not a multiple of "
+                             f"{task.hr_modulo} ({task.describe()})")
+        if self.batch_size < 1:
+            raise UsageError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+        try:
+            sizes = self.image_sizes()
+        except UsageError as e:
+            msg = str(e)
+            raise UsageError(msg if msg.startswith("data") else f"data.source: {msg}") from None
+        if len(sizes) < min_images:
+            raise UsageError(f"data.source: {self.source}: {len(sizes)} image(s), need at least "
+                             f"{min_images} for a train/validation split")
+        for name, (h, w) in sizes.items():
+            if min(h, w) < self.patch_size:
+                raise UsageError(f"data.patch_size: {self.patch_size} is larger than image "
+                                 f"{name!r} ({w}x{h})")
