@@ -91,6 +91,39 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict | None:
+    """Load a training checkpoint written by :func:`atomic_torch_save`, for resuming.
+
+    A missing file gives ``None``. A file that cannot be read (truncated or damaged by something
+    else; our own writes are atomic) is moved aside to ``<name>.unreadable-<time>`` with a warning
+    and ``None`` is returned, so the run starts over instead of refusing to run: what it held is
+    lost either way, and nothing is left in the way of the re-run.
+
+    Returns:
+        The checkpoint dict, or ``None``.
+    """
+    import logging
+    import time
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+        if not isinstance(state, dict):
+            raise ValueError(f"holds a {type(state).__name__}, not a checkpoint dict")
+        return state
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a damaged file
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        logging.getLogger("acla_nas").warning(
+            "%s: unreadable checkpoint (%s); moved to %s, starting over", path,
+            e.__class__.__name__, aside.name)
+        return None
+
+
 def read_text(path: str | os.PathLike, what: str = "file") -> str:
     """Read a UTF-8 text file.
 

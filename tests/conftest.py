@@ -133,7 +133,32 @@ def spec_dict():
                         "b01/keys@b00": 9, "b02/op": "skip", "b03/op": "skip"}}
 
 
+def setup_from(tmp_path: Path, hpo_block: dict | None = None, overrides=(), **top):
+    """A prepared tiny study set-up (no reference trials unless ``hpo_block`` names some)."""
+    from nas.study.run import prepare_study
+
+    changes = {f"hpo__{k}": v for k, v in {"reference_trials": [], **(hpo_block or {})}.items()}
+    changes.update(top)
+    path = write_study_config(tmp_path / "study.yaml", **changes)
+    return prepare_study(load_config(path, overrides), str(path))
+
+
+def open_tmp_study(tmp_path: Path, setup, name: str = "tiny", spec: str | None = None):
+    """``(study, storage, created)`` of a study in ``tmp_path/out``."""
+    from nas.study.run import open_study
+    from nas.study.storage import parse_storage
+
+    return open_study(setup, parse_storage(spec, tmp_path / "out"), name, tmp_path / "out")
+
+
 # ----------------------------------------------------------------------------- worker processes
+def dead_pid() -> int:
+    """The PID of a process that has exited."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
 def spawn(args: list[str], tmp_path: Path, log: str, **env) -> subprocess.Popen:
     e = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg",
          "ACLA_NAS_CACHE": str(tmp_path / "cache"), **env}

@@ -28,7 +28,7 @@ from nas.config import Config, check_retrain, dump_config
 from nas.engine.archspec import ArchSpec, build_model
 from nas.engine.objective import batch_psnr
 from nas.errors import DivergedError, UsageError
-from nas.io import atomic_torch_save, atomic_write_text, truncate_jsonl
+from nas.io import atomic_torch_save, atomic_write_text, load_checkpoint, truncate_jsonl
 from nas.restoration.data import PatchSampler, make_pairs
 from nas.runtime import rng_state, set_rng_state
 
@@ -96,8 +96,8 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
     step, best = 0, -float("inf")
     state_path = out / "retrain.pt"
     cfg_dict = {"config": cfg.to_dict(), "arch": spec.to_dict()}
-    if state_path.exists():
-        st = torch.load(state_path, map_location=device, weights_only=False)
+    st = load_checkpoint(state_path, device)
+    if st is not None:
         if st.get("setup") != cfg_dict:
             raise UsageError(f"{state_path}: written for another config/arch; use another --out")
         model.load_state_dict(st["model"])

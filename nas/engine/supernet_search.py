@@ -35,7 +35,7 @@ from nas.engine.gates import TemperatureSchedule
 from nas.engine.objective import alpha_loss, batch_psnr
 from nas.engine.supernet import Supernet
 from nas.errors import DivergedError, UsageError
-from nas.io import atomic_torch_save, atomic_write_text, truncate_jsonl
+from nas.io import atomic_torch_save, atomic_write_text, load_checkpoint, truncate_jsonl
 from nas.restoration.data import PatchSampler, make_pairs, split_names
 from nas.restoration.task import Task
 from nas.runtime import rng_state, set_rng_state
@@ -112,14 +112,18 @@ class SupernetSearch:
         atomic_torch_save(self.ckpt_path, self.state_dict())
 
     def try_resume(self) -> bool:
-        """Load ``supernet.pt`` if present. Raises UsageError if it belongs to another config."""
-        if not self.ckpt_path.exists():
+        """Load ``supernet.pt`` if present (an unreadable one is moved aside and the search starts
+        over, see :func:`nas.io.load_checkpoint`).
+
+        Returns:
+            Whether a checkpoint was loaded.
+
+        Raises:
+            UsageError: the checkpoint belongs to another config.
+        """
+        state = load_checkpoint(self.ckpt_path, self.device)
+        if state is None:
             return False
-        try:
-            state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
-        except Exception as e:  # noqa: BLE001
-            raise UsageError(f"{self.ckpt_path}: unreadable checkpoint ({e.__class__.__name__})"
-                             "; move it away to start over") from None
         if state.get("config") != self.cfg.to_dict():
             raise UsageError(f"{self.ckpt_path}: checkpoint was written with a different config; "
                              "use another --out or move it away")

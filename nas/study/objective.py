@@ -160,6 +160,10 @@ class Objective:
             self._report(TrialOutcome(trial.number, "PRUNED", None, str(e),
                                       time.perf_counter() - t0))
             raise optuna.TrialPruned(str(e)) from None
+        except UsageError as e:  # e.g. an image that cannot be decoded: not the trial's fault
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("fail_reason", f"input error: {e}")
+            raise
         except KeyboardInterrupt:
             with contextlib.suppress(Exception):
                 trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); re-queued")

@@ -165,14 +165,21 @@ def open_study(setup: StudySetup, spec: StorageSpec, name: str, out_dir: str | o
         storage = open_storage(spec, heartbeat_interval=h.heartbeat_interval if spec.kind == "rdb"
                                else None, grace_period=h.grace_period,
                                stale_trial_callback=RequeueStaleTrial(h.max_retry))
-        created = True
-        with quiet_optuna():
-            try:
-                study = optuna.create_study(storage=storage, study_name=name,
-                                            directions=list(DIRECTIONS), load_if_exists=False)
-            except optuna.exceptions.DuplicatedStudyError:
-                created = False
-                study = optuna.load_study(study_name=name, storage=storage)
+        study, created = _create_or_load(storage, name)
+        if not created and study.user_attrs.get("config_sha") not in (None, sha) \
+                and not _holds_results(study):
+            # created with another config, but nothing was computed in it (e.g. the first trial
+            # stopped on a data error): the corrected config replaces it
+            log.warning("study %r was created with another config and holds no finished or "
+                        "running trial; replacing it", name)
+            with quiet_optuna():
+                optuna.delete_study(study_name=name, storage=storage)
+            trials_dir = Path(out_dir) / "trials"
+            if trials_dir.is_dir():  # partial runs of the replaced study
+                import time
+
+                trials_dir.rename(trials_dir.with_name(f"trials.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
+            study, created = _create_or_load(storage, name)
         if created:
             _init_study(setup, study)
             from nas.io import atomic_write_json
@@ -199,6 +206,24 @@ def open_study(setup: StudySetup, spec: StorageSpec, name: str, out_dir: str | o
         # a reporting choice, not part of a trial: the latest config states it
         study.set_user_attr("ref_point", [float(v) for v in h.ref_point])
     return study, storage, created
+
+
+def _create_or_load(storage, name: str):
+    import optuna
+
+    with quiet_optuna():
+        try:
+            return optuna.create_study(storage=storage, study_name=name,
+                                       directions=list(DIRECTIONS), load_if_exists=False), True
+        except optuna.exceptions.DuplicatedStudyError:
+            return optuna.load_study(study_name=name, storage=storage), False
+
+
+def _holds_results(study) -> bool:
+    """Whether a study holds anything worth keeping: a COMPLETE or RUNNING trial."""
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
 
 
 def _init_study(setup: StudySetup, study) -> None:
@@ -243,7 +268,8 @@ def count_trials(study) -> dict[str, int]:
     """Counts of searched (non-reference) and reference trials by what they mean for the loop.
 
     ``done``: searched trials that finished for good (COMPLETE, PRUNED, or FAIL with a
-    ``fail_reason`` that is not a kill; a killed/interrupted trial is re-queued and not counted),
+    ``fail_reason`` that is not a kill, an interruption or an input error; a killed or
+    interrupted trial is re-queued, one stopped by an input error is run again, neither counts),
     duplicates (``duplicate_of``) excluded; ``running``, ``waiting``: searched trials in flight or
     queued; ``ref_done``/``ref_pending`` likewise for reference trials; ``complete``: searched
     COMPLETE trials (duplicates included); ``duplicates``; ``fresh``: trials that are neither
@@ -258,7 +284,8 @@ def count_trials(study) -> dict[str, int]:
         ref = "reference" in ua
         dup = "duplicate_of" in ua
         killed = t.state == TrialState.FAIL and (
-            "fail_reason" not in ua or str(ua["fail_reason"]).startswith(("killed", "interrupted")))
+            "fail_reason" not in ua
+            or str(ua["fail_reason"]).startswith(("killed", "interrupted", "input error")))
         finished = t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
             t.state == TrialState.FAIL and not killed)
         if "retry_of" not in ua and not t.system_attrs.get("retry_history") and not dup:

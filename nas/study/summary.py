@@ -95,7 +95,7 @@ class StudySummary:
     def front_frame(self):
         """The front's rows, by GFLOPs."""
         df = self.trials
-        return df[df["front"]].sort_values("gflops").reset_index(drop=True)
+        return df[df["front"].astype(bool)].sort_values("gflops").reset_index(drop=True)
 
     def header(self) -> list[str]:
         """``# ...`` lines: counts, conventions, hypervolume and its reference point, knee."""
@@ -179,7 +179,7 @@ def summarize_study(study, storage: str, base: Path | None = None,
             "seconds", "retry_of", "duplicate_of", "fail_reason", *params, "arch"]
     df = pd.DataFrame(rows, columns=cols)
     complete = df[df["state"] == "COMPLETE"]
-    front_df = df[df["front"]].sort_values("gflops")
+    front_df = df[df["front"].astype(bool)].sort_values("gflops")
     front = [int(n) for n in front_df["trial"]]
     source = "given"
     if ref_point is None and study.user_attrs.get("ref_point"):

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -13,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from nas.cli import main
-from tests.conftest import kill_and_restart, spawn, wait, write_study_config
+from tests.conftest import REPO, kill_and_restart, spawn, wait, wait_for, write_study_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -190,3 +194,70 @@ def test_two_workers_share_a_journal_file(tmp_path):
     assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2
     searched = [t for t in done if "duplicate_of" not in t.user_attrs]
     assert len({t.user_attrs["run_dir"] for t in searched}) == len(searched)
+
+
+@pytest.mark.slow
+def test_two_workers_starting_together_on_a_new_sqlite_study(tmp_path):
+    """Two `acla-nas search` processes started at the same moment on a study that does not exist
+    yet (5 repetitions): both finish, the reference is enqueued once, no trial runs twice."""
+    for rep in range(5):
+        d = tmp_path / f"rep{rep}"
+        d.mkdir()
+        cfg = write_study_config(d / "s.yaml", hpo__trials=2)
+        out = d / "out"
+        args = ["-c", str(cfg), "--out", str(out)]
+        ps = [spawn(args, d, f"w{i}.log") for i in range(2)]
+        for i, p in enumerate(ps):
+            wait(p, d, f"w{i}.log")
+        study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+        trials = study.get_trials()
+        refs = [t for t in trials if "reference" in t.user_attrs]
+        done = [t for t in trials if t.state == TrialState.COMPLETE and "reference" not in t.user_attrs]
+        assert len(refs) == 1 and refs[0].state == TrialState.COMPLETE
+        assert 2 <= len(done) <= 3  # a last-moment race may start one extra trial
+        ran = [t for t in trials if "duplicate_of" not in t.user_attrs]
+        assert len({t.user_attrs["run_dir"] for t in ran}) == len(ran)
+
+
+def _readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    block = text.split("```bash", 1)[1].split("```", 1)[0]
+    return [ln.strip() for ln in block.strip().splitlines() if ln.strip()]
+
+
+@pytest.mark.slow
+def test_readme_first_command_runs_on_a_fresh_clone(tmp_path):
+    """The README's first line, as written, in a fresh clone of the committed tree and a fresh
+    virtual environment (sharing this interpreter's packages, so no download of torch), run until
+    the first trial of the quickstart study has started."""
+    import shutil
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    first, second = _readme_commands()[:2]
+    assert "acla-nas search -c experiments/quickstart.yaml" in first
+    assert "pytest" in second
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True,
+                   timeout=120)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv),
+           "OMP_NUM_THREADS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "MPLBACKEND": "Agg"}
+    env.pop("PYTHONPATH", None)
+    log = (tmp_path / "first.log").open("w")
+    p = subprocess.Popen(["bash", "-c", first], cwd=clone, env=env, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    started = clone / "runs" / "quickstart" / "trials" / "0" / "config.yaml"
+    try:
+        wait_for(lambda: started.is_file() or p.poll() is not None, timeout=600,
+                 what="the first trial of the quickstart")
+        text = (tmp_path / "first.log").read_text()
+        assert started.is_file(), text[-3000:]
+        assert (clone / "runs" / "quickstart" / "study.db").is_file()
+        assert str(venv) in subprocess.run(
+            ["bash", "-c", "command -v acla-nas"], env=env, capture_output=True, text=True).stdout
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=60)

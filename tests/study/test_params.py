@@ -3,39 +3,13 @@ reference architectures (nas.study.references)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from nas.config import load_config
 from nas.errors import UsageError
 from nas.study import params, references
-from nas.study.run import open_study, prepare_study
-from nas.study.storage import parse_storage
-from tests.conftest import write_study_config
+from tests.conftest import setup_from
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def setup_from(tmp_path: Path, hpo_block: dict | None = None, overrides=(), **top):
-    """A prepared tiny study set-up (no reference trials unless ``hpo_block`` names some)."""
-    changes = {f"hpo__{k}": v for k, v in {"reference_trials": [], **(hpo_block or {})}.items()}
-    changes.update(top)
-    path = write_study_config(tmp_path / "study.yaml", **changes)
-    return prepare_study(load_config(path, overrides), str(path))
-
-
-def open_tmp_study(tmp_path: Path, setup, name: str = "tiny", spec: str | None = None):
-    """``(study, storage, created)`` of a study in ``tmp_path/out``."""
-    return open_study(setup, parse_storage(spec, tmp_path / "out"), name, tmp_path / "out")
-
-
-def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
 
 
 # ------------------------------------------------------------------------------------ parsing

@@ -3,41 +3,18 @@ retry + resume, duplicates, joining."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from nas.config import load_config
 from nas.errors import UsageError
 from nas.study import params, workers
-from nas.study.run import open_study, prepare_study, run_study
-from nas.study.storage import parse_storage
-from tests.conftest import write_study_config
+from nas.study.run import run_study
+from tests.conftest import dead_pid, open_tmp_study, setup_from
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def setup_from(tmp_path: Path, hpo_block: dict | None = None, overrides=(), **top):
-    """A prepared tiny study set-up (no reference trials unless ``hpo_block`` names some)."""
-    changes = {f"hpo__{k}": v for k, v in {"reference_trials": [], **(hpo_block or {})}.items()}
-    changes.update(top)
-    path = write_study_config(tmp_path / "study.yaml", **changes)
-    return prepare_study(load_config(path, overrides), str(path))
-
-
-def open_tmp_study(tmp_path: Path, setup, name: str = "tiny", spec: str | None = None):
-    """``(study, storage, created)`` of a study in ``tmp_path/out``."""
-    return open_study(setup, parse_storage(spec, tmp_path / "out"), name, tmp_path / "out")
-
-
-def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
 
 
 # ------------------------------------------------------------------------------------- trials
@@ -104,7 +81,7 @@ def test_dead_worker_trial_is_retried_and_resumes_from_checkpoint(tmp_path):
     values = {n: params.suggest(trial, n, spec) for n, spec in s.specs.items()}
     run_dir = tmp_path / "out" / "trials" / "0"
     trial.set_user_attr("run_dir", str(run_dir))
-    trial.set_user_attr("worker", {**workers.worker_id(), "pid": _dead_pid()})
+    trial.set_user_attr("worker", {**workers.worker_id(), "pid": dead_pid()})
     cfg = params.trial_config(s.cfg, values, s.targets, seed=0)
     assert SupernetSearch(cfg, run_dir, progress=False).run(stop_after=4) is None
     assert (run_dir / "supernet.pt").is_file()
@@ -139,9 +116,14 @@ def test_interrupted_trial_is_requeued(tmp_path, monkeypatch):
 
 
 def test_joining_with_another_config_is_refused(tmp_path):
-    s = setup_from(tmp_path)
-    open_tmp_study(tmp_path, s)
+    s = setup_from(tmp_path, {"trials": 1})
+    study, st, _ = open_tmp_study(tmp_path, s)
     other = setup_from(tmp_path, overrides=["search.steps=7"])
+    # nothing computed yet: the other config replaces the empty study
+    _, _, created = open_tmp_study(tmp_path, other)
+    assert created
+    study, st, _ = open_tmp_study(tmp_path, s)  # and back (still empty)
+    run_study(s, study, st, tmp_path / "out")
     with pytest.raises(UsageError, match=r"different config .*first difference: search\.steps"):
         open_tmp_study(tmp_path, other)
     # the hpo budget may change
@@ -162,3 +144,67 @@ def test_duplicate_hyperparameters_reuse_the_result(tmp_path):
     # the duplicate did not use up a trial of the budget: a third, fresh trial ran
     assert "duplicate_of" not in t2.user_attrs and t2.params != same
     assert counts["done"] == 2 and counts["duplicates"] == 1
+
+
+def test_interrupted_study_samples_what_the_uninterrupted_one_would(tmp_path):
+    """Sampler seeding: a study stopped after two trials and resumed by a new process (new
+    sampler objects) proposes the same hyperparameters, trial by trial, as one run straight."""
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    sa = setup_from(a, {"trials": 4, "sampler": "tpe", "startup_trials": 2})
+    study_a, st_a, _ = open_tmp_study(a, sa)
+    run_study(sa, study_a, st_a, a / "out")
+    sb = setup_from(b, {"trials": 4, "sampler": "tpe", "startup_trials": 2})
+    study_b, st_b, _ = open_tmp_study(b, sb)
+    run_study(sb, study_b, st_b, b / "out", max_trials_here=2)
+    assert len(study_b.get_trials()) == 2
+    sb2 = setup_from(b, {"trials": 4, "sampler": "tpe", "startup_trials": 2})
+    study_b2, st_b2, created = open_tmp_study(b, sb2)
+    assert not created
+    run_study(sb2, study_b2, st_b2, b / "out")
+    pa = [t.params for t in study_a.get_trials()]
+    pb = [t.params for t in study_b2.get_trials()]
+    assert len(pa) == 4 and pa == pb
+
+
+def test_killed_trials_carry_a_reason_and_references_count_once(tmp_path):
+    s = setup_from(tmp_path, {"trials": 1, "reference_trials": ["no_attention"]})
+    study, st, _ = open_tmp_study(tmp_path, s)
+    # the reference trial was started by a worker that died
+    trial = study.ask()
+    assert trial.user_attrs["reference"] == "no_attention"
+    trial.set_user_attr("worker", {**workers.worker_id(), "pid": dead_pid()})
+    run_study(s, study, st, tmp_path / "out")
+    t0 = study.get_trials()[0]
+    assert t0.state == TrialState.FAIL and t0.user_attrs["fail_reason"].startswith("killed: ")
+    from nas.study.summary import summarize_study
+
+    summary = summarize_study(study, "test", base=tmp_path / "out")
+    assert "1 reference trials" in summary.header()[0]
+    row = summary.trials.iloc[0]
+    assert row["fail_reason"].startswith("killed")
+    # the study's user attributes stay short (readable in `optuna studies`)
+    assert len(str(study.user_attrs)) < 600, study.user_attrs
+
+
+def test_input_error_in_a_trial_is_recorded_and_does_not_use_up_the_budget(tmp_path, monkeypatch):
+    from nas.engine import supernet_search as search
+    from nas.errors import UsageError as UE
+
+    s = setup_from(tmp_path, {"trials": 1})
+    study, st, _ = open_tmp_study(tmp_path, s)
+    real = search.SupernetSearch.run
+
+    def broken(self, stop_after=None, on_step=None):
+        raise UE("imgs/x.png: cannot decode image")
+
+    monkeypatch.setattr(search.SupernetSearch, "run", broken)
+    with pytest.raises(UE):
+        run_study(s, study, st, tmp_path / "out")
+    monkeypatch.setattr(search.SupernetSearch, "run", real)
+    counts = run_study(s, study, st, tmp_path / "out")
+    t0, t1 = study.get_trials()
+    assert t0.user_attrs["fail_reason"].startswith("input error: imgs/x.png")
+    assert t1.state == TrialState.COMPLETE and counts["done"] == 1

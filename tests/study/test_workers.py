@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from nas.study import workers
-
-
-def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
+from tests.conftest import dead_pid
 
 
 def test_worker_liveness():
     me = workers.worker_id()
     assert workers.worker_alive(me) is True
-    assert workers.worker_alive({**me, "pid": _dead_pid()}) is False
+    assert workers.worker_alive({**me, "pid": dead_pid()}) is False
     assert workers.worker_alive({**me, "host": "elsewhere"}) is None
     assert workers.worker_alive({**me, "ns": "pid:[1]"}) is None  # another container
