@@ -66,16 +66,19 @@ def one_thread():
 # --------------------------------------------------------------------------------- tiny configs
 LR = (12, 14)  # small reference size so the measured FLOPs come from a real forward
 
-#: the tiny study config shared by the Optuna tests (edsr-tiny, 6-step searches)
+#: the tiny study config shared by the Optuna tests (edsr-tiny, 6 + 4-step searches,
+#: 4-step scoring runs)
 TINY_STUDY = {
     "name": "tiny",
     "seed": 0,
     "task": {"name": "sr", "scale": 2},
-    "data": {"images": ["astronaut", "chelsea", "coffee", "camera"], "val_fraction": 0.5,
-             "patch_size": 24, "batch_size": 2},
+    "data": {"images": ["astronaut", "chelsea", "coffee", "camera", "rocket"],
+             "val_fraction": 0.2, "score_fraction": 0.2, "patch_size": 24, "batch_size": 2},
     "space": {"backbone": {"preset": "edsr-tiny"}, "keys": [0, 2, 4]},
-    "search": {"steps": 6, "warmup_steps": 2, "lr_size": [12, 16], "checkpoint_every": 2,
-               "log_every": 2, "val_images": 2},
+    "search": {"supernet_steps": 6, "largest_path_steps": 2, "alpha_steps": 4, "lr_size": [12, 16],
+               "checkpoint_every": 2, "log_every": 2},
+    "score": {"steps": 4, "patch_size": 24, "batch_size": 2, "seeds": 1, "noise_seeds": 2,
+              "max_eval_side": 48},
     "hpo": {"trials": 2, "population_size": 2, "reference_trials": ["no_attention"],
             "params": {"search.penalty.lambda": {"type": "float", "low": 0.01, "high": 2.0,
                                                  "log": True},
@@ -116,13 +119,20 @@ def perturb(module: torch.nn.Module, seed: int = 0) -> None:
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
+#: ``--set`` overrides of a tiny single-search config (edsr-tiny, 6 + 4 steps, tiny scoring)
+TINY_SETS = ["space.backbone={preset: edsr-tiny}",
+             "data.images=[astronaut,chelsea,coffee,camera,rocket]", "data.patch_size=24",
+             "data.batch_size=2", "data.val_fraction=0.2", "data.score_fraction=0.2",
+             "search.supernet_steps=6", "search.largest_path_steps=2", "search.alpha_steps=4",
+             "search.log_every=1", "search.checkpoint_every=2", "search.lr_size=[12,16]",
+             "score.steps=4", "score.patch_size=24", "score.batch_size=2", "score.seeds=1",
+             "score.max_eval_side=48", "retrain.steps=2", "retrain.val_every=1",
+             "retrain.checkpoint_every=1"]
+
+
 def tiny_cfg(**over):
-    sets = ["space.backbone={preset: edsr-tiny}", "data.images=[astronaut,chelsea,coffee,camera]",
-            "data.patch_size=24", "data.batch_size=2", "data.val_fraction=0.5",
-            "search.steps=6", "search.warmup_steps=2", "search.log_every=1",
-            "search.checkpoint_every=2", "search.val_images=1", "search.lr_size=[12,16]"]
-    sets += [f"{k}={v}" for k, v in over.items()]
-    return load_config(None, sets)
+    """A tiny single-search config (:data:`TINY_SETS`) with ``field=value`` overrides."""
+    return load_config(None, [*TINY_SETS, *(f"{k}={v}" for k, v in over.items())])
 
 
 def spec_dict():
@@ -204,13 +214,13 @@ def kill_and_restart(tmp_path: Path, storage_args: list[str], study_of, env_firs
                      env_second=None, settle: float = 0.0) -> None:
     """Start a 3-trial study, SIGKILL the worker once trial 1 has a checkpoint, restart it, and
     check the study finishes with nothing lost or duplicated and the killed trial resumed."""
-    cfg = write_study_config(tmp_path / "k.yaml", search__steps=40, search__checkpoint_every=5,
-                       search__warmup_steps=5, hpo__trials=3, hpo__reference_trials=[],
+    cfg = write_study_config(tmp_path / "k.yaml", search__alpha_steps=40, search__checkpoint_every=5,
+                             hpo__trials=3, hpo__reference_trials=[],
                        hpo__heartbeat_interval=1, hpo__grace_period=2)
     out = tmp_path / "out"
     args = ["-c", str(cfg), "--out", str(out), *storage_args]
     p = spawn(args, tmp_path, "first.log", **(env_first or {}))
-    wait_for(lambda: (out / "trials" / "1" / "supernet.pt").is_file() or p.poll() is not None,
+    wait_for(lambda: (out / "trials" / "1" / "search.pt").is_file() or p.poll() is not None,
              what="trial 1's first checkpoint")
     assert p.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
     p.send_signal(signal.SIGKILL)

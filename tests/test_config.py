@@ -34,14 +34,17 @@ def test_scientific_notation_in_files(tmp_path, text, value):
 
 
 def test_scientific_notation_in_set():
-    cfg = load_config(None, ["search.lr=1e-3", "search.penalty.lambda=2E-2", "search.steps=400"])
+    cfg = load_config(None, ["search.lr=1e-3", "search.penalty.lambda=2E-2",
+                             "search.alpha_steps=400"])
     assert cfg.search.lr == 1e-3 and cfg.search.penalty.lam == 2e-2
-    assert cfg.search.steps == 400 and isinstance(cfg.search.steps, int)
+    assert cfg.search.alpha_steps == 400 and isinstance(cfg.search.alpha_steps, int)
 
 
 @pytest.mark.parametrize("text, overrides, message", [
     ("serch: {steps: 3}", (), r"serch: unknown key \(did you mean 'search'\?\)"),
-    ("search: {steps: many}", (), r"search\.steps: expected an integer, got 'many'"),
+    ("search: {alpha_steps: many}", (), r"search\.alpha_steps: expected an integer, got 'many'"),
+    ("search: {steps: 300}", (), r"search\.steps: replaced by search\.supernet_steps and "
+                                 r"search\.alpha_steps"),
     ("search: {lr: abc}", (), r"search\.lr: expected a number"),
     ("search: {steps: 3}\nsearch: {lr: 1}\n", (), r"duplicated key 'search' \(first at line 1\), "
                                                  r"again at line 2"),
@@ -54,7 +57,13 @@ def test_scientific_notation_in_set():
     ("", ("search.lr_size=[a,5]",), r"search\.lr_size: expected \[H, W\] \(positive integers\)"),
     ("", ("search.lr_size=[4]",), r"search\.lr_size: expected \[H, W\]"),
     ("", ("search.steps",), r"--set search\.steps: expected key=value"),
-    ("", ("search.warmup_steps=400",), r"search\.warmup_steps: \(400\) must be < search\.steps"),
+    ("", ("search.largest_path_steps=900",), r"search\.largest_path_steps: must be in 0\.\."),
+    ("", ("search.derive=best",), r"search\.derive: 'budget' or 'argmax'"),
+    ("", ("search.derive=budget",), r"search\.derive: 'budget' needs search\.penalty\.target"),
+    ("", ("score.patch_size=25",), r"score\.patch_size: must be >= 8 and a multiple of 2"),
+    ("", ("score.seeds=0",), r"score\.seeds: must be >= 1"),
+    ("", ("data.score_fraction=0.9",), r"data\.score_fraction: must be in \[0, 1\) with"),
+    ("", ("data.groups=[[astronaut, nobody]]",), r"data\.groups\[0\]: no image 'nobody'"),
     ("", ("search.penalty.kind=hinge",), r"search\.penalty\.target_gflops: required"),
     ("", ("search.penalty.kind=budgt",), r"did you mean 'budget'"),
     ("", ("search.tau.start=0",), r"search\.tau: start and end must be > 0"),
@@ -74,7 +83,7 @@ def test_scientific_notation_in_set():
     ("", ("data.patch_size=45",), r"data\.patch_size: 45 is not a multiple of 2"),
     ("", ("data.patch_size=4000",), r"data\.patch_size: 4000 is larger than image"),
     ("", ("data.val_fraction=1.5",), r"data\.val_fraction: must be in \(0, 1\)"),
-    ("", ("data.images=[astronaut]",), r"data\.source: builtin: 1 image\(s\), need at least 2"),
+    ("", ("data.images=[astronaut]",), r"data\.source: builtin: 1 image\(s\), need at least 3"),
     ("", ("name=a/b",), r"name: a non-empty name without '/'"),
 ])
 def test_bad_configs_are_one_line_naming_file_and_field(tmp_path, text, overrides, message):
@@ -105,11 +114,14 @@ def test_data_folder_checks(tmp_path):
         load_config(None, [f"data.source={tmp_path / 'nope'}"])
     small = tmp_path / "small"
     small.mkdir()
-    for i, size in enumerate([(64, 64), (30, 40)]):
+    for i, size in enumerate([(64, 64), (64, 64), (30, 40)]):
         Image.new("RGB", size).save(small / f"im{i}.png")
-    with pytest.raises(UsageError, match=r"data\.patch_size: 48 is larger than image 'im1' \(30x40\)"):
+    with pytest.raises(UsageError, match=r"data\.patch_size: 48 is larger than image 'im2' \(30x40\)"):
         load_config(None, [f"data.source={small}"])
-    assert load_config(None, [f"data.source={small}", "data.patch_size=24"]).data.source == str(small)
+    with pytest.raises(UsageError, match=r"score\.patch_size: 48 is larger than image 'im2'"):
+        load_config(None, [f"data.source={small}", "data.patch_size=24"])
+    cfg = load_config(None, [f"data.source={small}", "data.patch_size=24", "score.patch_size=24"])
+    assert cfg.data.source == str(small)
 
 
 def test_config_to_dict_is_yaml_ready():

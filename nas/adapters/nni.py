@@ -93,19 +93,21 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
     ``PatchSampler`` data, batch size, patch size, train/val image split, weight and alpha
     learning rates, gradient clipping and cosine schedule. NNI schedules in epochs, so
     ``steps`` is split into ``epochs`` epochs of ``steps // epochs`` batches; warm-up
-    (``search.warmup_steps``) and GumbelDARTS' temperature (``search.tau.start -> end``, linear
-    per epoch - NNI has no exponential schedule) are rounded to whole epochs.
+    (``search.largest_path_steps``: alpha frozen) and GumbelDARTS' temperature
+    (``search.tau.start -> end``, linear per epoch - NNI has no exponential schedule) are rounded
+    to whole epochs. The derived architecture is scored by the same protocol as ours
+    (:mod:`nas.engine.scoring`, ``score.seeds`` seeds).
 
-    Outputs in ``out_dir``: ``arch.json`` (the ArchSpec), ``result.json`` (validation PSNR of the
-    derived network with inherited weights, GFLOPs, seconds), ``nni/`` (NNI's experiment
-    directory and manifest, Lightning's ``metrics.csv`` with the per-step probabilities).
-    Nothing is written to ``~/nni-experiments``.
+    Outputs in ``out_dir``: ``arch.json`` (the ArchSpec), ``result.json`` (scores, GFLOPs,
+    seconds), ``nni/`` (NNI's experiment directory and manifest, Lightning's ``metrics.csv`` with
+    the per-step probabilities). Nothing is written to ``~/nni-experiments``.
 
     Args:
         strategy: ``"darts"`` or ``"gumbel"``.
         cfg: the run config (:class:`nas.config.Config`).
         out_dir: run directory (created).
-        steps: batches in total (default ``cfg.search.steps``).
+        steps: batches in total (default ``search.supernet_steps + search.alpha_steps``: our
+            search's weight and alpha steps together).
         epochs: NNI epochs (default: ``min(steps, 10)``).
         penalty: add our differentiable ``cfg.search.penalty`` on E[F] to the alpha step.
             Without it the search is accuracy-only. NNI's own ``penalty=`` is not used: it sends
@@ -115,7 +117,7 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
 
     Returns:
         The :class:`nas.engine.archspec.ArchSpec` (also saved as ``out_dir/arch.json``); its
-        ``cost.flops`` is :meth:`nas.engine.cost.CostModel.exact` of the choices (FLOPs = 2 x MACs per
+        ``cost.flops`` is :meth:`nas.engine.flops.CostModel.exact` of the choices (FLOPs = 2 x MACs per
         image at the reference input size), checked against the measured FLOPs of the network.
 
     Raises:
@@ -127,7 +129,7 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
     if device not in ("cpu", "cuda"):
         raise UsageError(f"device: 'cpu' or 'cuda', got {device!r}")
     s = cfg.search
-    steps = s.steps if steps is None else steps
+    steps = s.supernet_steps + s.alpha_steps if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise UsageError(f"steps: must be an int >= 1, got {steps!r}")
     epochs = min(steps, 10) if epochs is None else epochs
@@ -153,7 +155,8 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
     from nas.engine.flops import CostModel
     from nas.engine.network import build_fixed, inherit_weights
     from nas.engine.objective import alpha_loss
-    from nas.restoration.data import PatchSampler, make_pairs, split_names
+    from nas.engine.scoring import load_splits
+    from nas.restoration.data import PatchSampler
 
     out = Path(out_dir)
     nni_dir = out / "nni"
@@ -163,10 +166,8 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
 
     # data: the same images, split, degradation and samplers as SupernetSearch
     torch.manual_seed(cfg.seed)
-    images = cfg.data.load()
-    train_names, val_names = split_names(list(images), cfg.data.val_fraction, cfg.seed)
-    train_pairs = make_pairs({n: images[n] for n in train_names}, task, cfg.seed)
-    val_pairs = make_pairs({n: images[n] for n in val_names}, task, cfg.seed)
+    splits = load_splits(cfg)  # the same split as our search: NNI trains on train, alpha on val
+    train_pairs, val_pairs = splits.train, splits.val
     p = cfg.data.patch_size
     spe = steps // epochs
     train_loader = DataLoader(_SamplerBatches(PatchSampler(train_pairs, task, p, seed=cfg.seed),
@@ -185,7 +186,7 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
     if not tau[0] >= tau[1] > 0:
         raise UsageError(f"search.tau: NNI anneals linearly from start to end and needs "
                          f"start >= end > 0, got {tau[0]} -> {tau[1]}")
-    warmup_epochs = min(epochs, round(s.warmup_steps / spe)) if s.warmup_steps else 0
+    warmup_epochs = min(epochs, round(s.largest_path_steps / spe)) if s.largest_path_steps else 0
 
     with contextlib.ExitStack() as stack:
         # NNI 3.0 and Lightning are chatty on new torch: keep their warnings and info lines out
@@ -246,9 +247,14 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
         "penalty": s.penalty.kind if penalty else "none",
         "lambda": s.penalty.lam if penalty else 0.0, "nni_sample": dict(sample)}
     res = export_result(fixed, arch, task=task, space_cfg=cfg.space, cost=cost, probs=probs,
-                        val_pairs=val_pairs[: s.val_images], crop=max(p, 96),
-                        to_device=lambda t: t.to(dev), out_dir=out, provenance=provenance,
-                        steps=spe * epochs, seconds=seconds, extra_result={"strategy": name})
+                        out_dir=out, provenance=provenance, steps=spe * epochs, seconds=seconds,
+                        extra_result={"strategy": name})
+    from nas.engine.export import record_scores
+    from nas.engine.scoring import ScoreCache
+    from nas.restoration.evaluate import Convention
+
+    scores = ScoreCache().scores(cfg, space, arch, range(cfg.score.seeds), device=dev)
+    record_scores(res, out, scores, Convention.for_task(task).describe())
     from nas.engine.archspec import load_archspec
 
     return load_archspec(res.arch_path)

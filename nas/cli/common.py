@@ -60,8 +60,8 @@ def config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 #: files a run command owns in its folder (removed by --force before a new run starts there)
-OWNED = {"supernet": ("supernet.pt", "log.jsonl", "arch.json", "result.json", "config.yaml",
-                      "run.json"),
+OWNED = {"supernet": ("supernet", "search.pt", "log.jsonl", "arch.json", "result.json",
+                      "config.yaml", "run.json"),
          "retrain": ("retrain.pt", "val.jsonl", "model_best.pt", "model_last.pt", "arch.json",
                      "config.yaml", "eval.csv", "eval_summary.csv", "result.json", "run.json",
                      "tb")}

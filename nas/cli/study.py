@@ -97,23 +97,17 @@ def run_search(args: argparse.Namespace) -> int:
     log.info("study %r %s in %s; trials in %s", name, "created" if created else "joined",
              spec.display(), out / "trials")
     counts = run_study(setup, study, storage, out, device=device, progress=progress)
-    summary = summarize_study(study, spec.display(), base=out)
+    summary = summarize_study(study, spec.display(), base=out, storage_obj=storage)
     paths = write_outputs(summary, out, plot=not args.no_plot)
     print(f"study {name}: {counts['done']}/{h.trials} searched trials finished "
           f"({counts['complete']} complete), {counts['ref_done']} reference trials"
           + (f"; {counts['running']} still running in other workers" if counts["running"] else "")
           + (" - the study is complete" if counts["done"] >= h.trials and not counts["running"]
              else ""))
-    front = summary.front_frame
-    if len(front):
-        cols = ["trial", "psnr_db", "gflops", "params_m", "knee"]
-        print(f"Pareto front ({len(front)} trials; {summary.axis_labels.get('psnr_db', 'PSNR dB')} "
-              f"vs {summary.axis_labels.get('gflops', 'GFLOPs')}):")
-        emit_table(front[cols], "table", floatfmt="%.6g")
-        print(f"hypervolume {summary.hypervolume:.6g} dB x GFLOPs against reference point "
-              f"({summary.ref_point[0]:g} dB, {summary.ref_point[1]:g} GFLOPs)")
+    if len(summary.front):
+        print_front(summary)
     else:
-        print("no complete searched trial: the front is empty")
+        print("no complete trial: the front is empty")
     print(f"front table: {paths['csv']} (and {paths['json']})")
     if "png" in paths:
         print(f"front plot:  {paths['png']}")
@@ -157,23 +151,24 @@ def run_pareto(args: argparse.Namespace) -> int:
     from nas.study.summary import open_existing, plot_summary, summarize_study
 
     ref = _parse_ref_point(args.ref_point)
-    study, base, shown = open_existing(args.study_target, args.storage, args.study_name)
-    s = summarize_study(study, shown, base=base, ref_point=ref)
+    study, base, shown, st = open_existing(args.study_target, args.storage, args.study_name)
+    s = summarize_study(study, shown, base=base, ref_point=ref, storage_obj=st)
     if args.format == "json":
         print(json.dumps(s.to_json(), indent=2))
     elif args.format == "csv":
-        emit_table(s.trials, "csv", floatfmt="%.6g")
+        emit_table(s.archs, "csv", floatfmt="%.6g")
     else:
         print("\n".join(s.header()))
         if len(s.trials):
-            emit_table(s.trials, "table", floatfmt="%.6g")
-        front = s.front_frame
-        if len(front):
-            print(f"\nPareto front ({len(front)} trials, by GFLOPs):")
-            emit_table(front[["trial", "psnr_db", "gflops", "params_m", "knee", *s.param_names]],
-                       "table", floatfmt="%.6g")
+            print("\nTrials:")
+            cols = ["trial", "state", "reference", "psnr_db", "gflops", "arch_key", "front",
+                    "seconds", "fail_reason", *s.param_names]
+            emit_table(s.trials[cols], "table", floatfmt="%.6g")
+        if len(s.front):
+            print()
+            print_front(s)
     if args.plot is not None:
-        if not len(s.trials):
+        if not len(s.archs):
             raise UsageError(f"--plot: study {s.name} has no trial to plot")
         path = plot_summary(s, args.plot)
         print(f"plot: {path}", file=sys.stderr)
@@ -200,8 +195,8 @@ def run_export(args: argparse.Namespace) -> int:
     from nas.engine.archspec import load_archspec
     from nas.study.summary import find_file, open_existing, summarize_study
 
-    study, base, shown = open_existing(args.study_target, args.storage, args.study_name)
-    s = summarize_study(study, shown, base=base)
+    study, base, shown, st = open_existing(args.study_target, args.storage, args.study_name)
+    s = summarize_study(study, shown, base=base, storage_obj=st)
     df = s.trials
     if args.trial is not None:
         number = args.trial
@@ -212,7 +207,7 @@ def run_export(args: argparse.Namespace) -> int:
             raise UsageError(f"--trial {number}: the trial is {hit.iloc[0]['state']}, not COMPLETE")
     elif args.knee:
         if s.knee is None:
-            raise UsageError(f"--knee: study {s.name} has no complete searched trial")
+            raise UsageError(f"--knee: study {s.name} has no complete trial")
         number = s.knee
     else:
         g = args.max_gflops
@@ -222,7 +217,8 @@ def run_export(args: argparse.Namespace) -> int:
             cheapest = f"{front['gflops'].min():.4g}" if len(front) else "n/a"
             raise UsageError(f"--max-gflops {g:g}: no front trial within {g:g} GFLOPs "
                              f"(cheapest: {cheapest})")
-        number = int(ok.sort_values(["psnr_db", "gflops"], ascending=[False, True]).iloc[0]["trial"])
+        best = ok.sort_values(["psnr_db", "gflops"], ascending=[False, True]).iloc[0]
+        number = int(str(best["trials"]).split(",")[0])
     trial = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if t.number == number)
     path = find_file(trial.user_attrs.get("arch_path"), base)
@@ -239,3 +235,29 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(arch.to_dict(), indent=2))
     return 0
+
+
+def print_front(s) -> None:
+    """The front as a table: each architecture's mean PSNR +- standard error over its scoring
+    seeds, its paired difference to the plain backbone, ties, references, the knee."""
+    import math
+
+    front = s.front_frame
+    print(f"Pareto front ({len(front)} architectures; {s.axis_labels.get('psnr_db', 'PSNR dB')} "
+          f"vs {s.axis_labels.get('gflops', 'GFLOPs')}; +- = standard error over scoring seeds):")
+    for r in front.itertuples():
+        pm = "" if math.isnan(r.psnr_se) else f" +- {r.psnr_se:.3f}"
+        delta = "" if math.isnan(r.delta_db) else (
+            f"  vs plain {r.delta_db:+.3f}" + ("" if math.isnan(r.delta_se) else f" +- {r.delta_se:.3f}"))
+        who = f"reference {r.references}" if r.references else f"trial {str(r.trials).split(',')[0]}"
+        flags = ("  TIE (within noise of the cheaper point)" if r.tie else "") + \
+            ("  <- knee" if r.knee else "")
+        print(f"  {r.gflops:10.4f} GFLOPs  {r.psnr_db:8.3f} dB{pm}  ({r.n_seeds} seeds){delta}  "
+              f"{who}{flags}")
+    if s.ref_point is not None:
+        print(f"hypervolume {s.hypervolume:.6g} dB x GFLOPs against reference point "
+              f"({s.ref_point[0]:g} dB, {s.ref_point[1]:g} GFLOPs)")
+    if s.within_noise:
+        print("WARNING: the front is within noise: no front point beats the next cheaper one by "
+              "more than 2 standard errors (more scoring seeds or longer scoring runs would be "
+              "needed to separate them)")

@@ -27,6 +27,8 @@ def supernet_args(p: argparse.ArgumentParser) -> None:
                         "run's checkpoint")
     p.add_argument("--force", action="store_true",
                    help="start over in a folder that holds another run (its files are removed)")
+    p.add_argument("--no-score", action="store_true",
+                   help="do not score the derived architecture (stand-alone training runs)")
 
 
 def run_supernet(args: argparse.Namespace) -> int:
@@ -38,12 +40,26 @@ def run_supernet(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     out = args.out or RUNS / cfg.name / "supernet"
     claim_run_dir(out, "supernet", {"config_sha": _digest(cfg.to_dict())}, args.force)
-    run = SupernetSearch(cfg, out, device=device, progress=not args.quiet and sys.stderr.isatty())
-    res = run.run()
-    print(f"derived architecture: {res.arch_path}")
-    print(f"validation PSNR {res.psnr_db:.2f} dB (inherited weights), {res.gflops:.3f} GFLOPs at "
-          f"{run.model.cost.lr_size[1]}x{run.model.cost.lr_size[0]} input, "
-          f"{res.params / 1e6:.3f} M params, {res.seconds:.0f} s")
+    progress = not args.quiet and sys.stderr.isatty()
+    res = SupernetSearch(cfg, out, device=device, progress=progress).run()
+    print(f"derived architecture: {res.arch_path} ({res.gflops:.4f} GFLOPs, "
+          f"{res.params / 1e6:.3f} M params; search {res.seconds:.0f} s)")
+    if not args.no_score:
+        import math
+
+        from nas.engine.export import record_scores
+        from nas.engine.network import build_backbone
+        from nas.engine.scoring import ScoreCache
+        from nas.restoration.evaluate import Convention
+        from search_spaces.space import SearchSpace
+
+        space = SearchSpace(cfg.space, build_backbone(cfg.space, cfg.task).config.num_block)
+        scores = ScoreCache().scores(cfg, space, res.arch, range(cfg.score.seeds), device=device)
+        conv = Convention.for_task(cfg.task).describe()
+        res = record_scores(res, out, scores, conv)
+        pm = "" if math.isnan(res.psnr_se) else f" +- {res.psnr_se:.3f} (SE)"
+        print(f"score: {res.psnr_db:.3f} dB{pm} over {len(scores)} seed(s): trained stand-alone "
+              f"for {cfg.score.steps} steps, held-out score images; {conv}")
     print(f"log: {out / 'log.jsonl'}")
     return 0
 

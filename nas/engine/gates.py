@@ -42,9 +42,16 @@ class Gates(nn.Module):
 
     def __init__(self, choices: Mapping[str, int], init_std: float = 1e-3) -> None:
         super().__init__()
+        self.init_std = init_std
         self.alpha = nn.ParameterDict(
             {label: nn.Parameter(torch.randn(n) * init_std) for label, n in choices.items()}
         )
+
+    def reset_parameters(self) -> None:
+        """Draw the logits again from ``N(0, init_std^2)`` (the global torch RNG)."""
+        with torch.no_grad():
+            for a in self.alpha.values():
+                a.copy_(torch.randn(a.shape) * self.init_std)
 
     def labels(self) -> list[str]:
         """The choice labels, in construction order."""

@@ -36,11 +36,16 @@ class Decision:
         active_keys: key counts per reference (ACLA in the supernet), ``None`` = as built.
         weight: scalar tensor scaling the point's residual ``op(feat) - feat`` (straight-through
             gate product, value 1); ``None`` for a plain forward.
+        others: candidates that are computed only for their gradient: each adds
+            ``w * (op(feat) - feat)`` with a straight-through weight ``w`` whose *value* is 0, so
+            the forward value is unchanged while the gate logits receive ``<dL/dout, op(feat) -
+            feat>`` for the candidates that were not drawn (see :mod:`nas.engine.gates`).
     """
 
     op: str = SKIP
     active_keys: tuple[int, ...] | None = None
     weight: torch.Tensor | None = None
+    others: tuple["Decision", ...] = ()
 
 
 class InsertionPoint(nn.Module):
@@ -61,21 +66,27 @@ class InsertionPoint(nn.Module):
 
     def forward(self, feat: torch.Tensor, taps: Mapping[str, torch.Tensor], d: Decision,
                 ctx: dict) -> torch.Tensor:
-        """``feat (B, C, H, W) -> (B, C, H, W)`` under decision ``d``."""
+        """``feat (B, C, H, W) -> (B, C, H, W)`` under decision ``d`` (and its zero-valued
+        ``others``)."""
+        out = self._run(feat, taps, d, ctx)
+        if d.weight is not None:
+            # residual form: the gate scales what the point adds to its input (its value is 1);
+            # lerp = feat + w * (out - feat) in one op, without a saved difference tensor
+            out = torch.lerp(feat, out, d.weight.to(out.dtype))
+        for o in d.others:
+            # value exactly 0 (w is 0 in value): only the gate gradient of the other candidate
+            out = out + o.weight.to(out.dtype) * (self._run(feat, taps, o, ctx) - feat)
+        return out
+
+    def _run(self, feat: torch.Tensor, taps: Mapping[str, torch.Tensor], d: Decision,
+             ctx: dict) -> torch.Tensor:
         if d.op == SKIP:
-            out = feat
-        else:
-            mod = self.ops[d.op]
-            refs = [taps[r] for r in self.refs] if mod.uses_refs else []
-            if d.active_keys is not None:
-                out = mod(feat, refs, ctx=ctx, active_keys=d.active_keys)
-            else:
-                out = mod(feat, refs, ctx=ctx)
-        if d.weight is None:
-            return out
-        # residual form: the gate scales what the point adds to its input (its value is 1);
-        # lerp = feat + w * (out - feat) in one op, without a saved difference tensor
-        return torch.lerp(feat, out, d.weight.to(out.dtype))
+            return feat
+        mod = self.ops[d.op]
+        refs = [taps[r] for r in self.refs] if mod.uses_refs else []
+        if d.active_keys is not None:
+            return mod(feat, refs, ctx=ctx, active_keys=d.active_keys)
+        return mod(feat, refs, ctx=ctx)
 
 
 class AttentionNet(nn.Module):

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nas.config import Config, check_retrain, dump_config
+from nas.config import Config, dump_config
+from nas.config_checks import check_retrain
 from nas.engine.archspec import ArchSpec, build_model
 from nas.engine.objective import batch_psnr
 from nas.errors import DivergedError, UsageError
@@ -189,7 +190,11 @@ def inherit_from_supernet(model, spec: ArchSpec, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
         space_cfg = from_dict(SpaceConfig, state["config"]["space"], "supernet.space")
         sn = Supernet(space_cfg, spec.task_obj())
-        sn.load_state_dict(state["model"])
+        weights = state["model"]
+        if any(k.startswith("net.") for k in weights):  # a 0.1 checkpoint: the whole Supernet
+            sn.load_state_dict(weights)
+        else:
+            sn.net.load_state_dict(weights)
         inherit_weights(sn.net, model)
     except UsageError:
         raise

@@ -30,7 +30,7 @@ from nas.engine.network import (
 )
 from nas.restoration.task import Task
 from search_spaces.operators import AttentionOp
-from search_spaces.space import SearchSpace, SpaceConfig
+from search_spaces.space import SKIP, SearchSpace, SpaceConfig
 
 
 class Supernet(nn.Module):
@@ -94,8 +94,17 @@ class Supernet(nn.Module):
         self.frozen_arch = None if arch is None else canonical_arch(self.space, self.space.validate(arch))
 
     # -- sampling --------------------------------------------------------------------------
-    def sample(self, tau: float) -> tuple[dict[str, Any], dict[str, Decision]]:
-        """Draw an architecture with straight-through Gumbel-softmax.
+    def sample(self, tau: float, all_candidates: bool = False
+               ) -> tuple[dict[str, Any], dict[str, Decision]]:
+        """Draw an architecture with straight-through Gumbel-softmax (the global torch RNG).
+
+        Args:
+            tau: Gumbel temperature (> 0).
+            all_candidates: also compute, at every point, the operators that were not drawn,
+                with zero-valued straight-through weights (:attr:`Decision.others`): the forward
+                value is the drawn architecture's, and every operator logit receives the
+                first-order effect of its candidate on the loss on every step, not only when it
+                is drawn.
 
         Returns:
             ``(arch, decisions)``: the sampled ``{label: value}`` and per-point decisions whose
@@ -108,18 +117,61 @@ class Supernet(nn.Module):
         decisions = {}
         for p in self.space:
             idx, w = s[p.op_label()]
-            op = p.ops[idx]
-            weight = w[idx]
-            keys = None
-            if self.space.uses_refs(op):
-                keys = self.space.active_keys(arch, p.name)
-                for r in p.refs:
-                    label = p.key_label(r)
-                    if label in s:
-                        kidx, kw = s[label]
-                        weight = weight * kw[kidx]
-            decisions[p.name] = Decision(op, keys, weight)
+            keys_w = None
+            keys = self.space.active_keys(arch, p.name)
+            for r in p.refs:
+                label = p.key_label(r)
+                if label in s:
+                    kidx, kw = s[label]
+                    keys_w = kw[kidx] if keys_w is None else keys_w * kw[kidx]
+
+            def decision(j: int) -> Decision:
+                op = p.ops[j]
+                weight = w[j]
+                if self.space.uses_refs(op):
+                    if keys_w is not None:
+                        weight = weight * keys_w
+                    return Decision(op, keys, weight)
+                return Decision(op, None, weight)
+
+            primary = decision(idx)
+            if all_candidates:
+                primary.others = tuple(decision(j) for j, op in enumerate(p.ops)
+                                       if j != idx and op != SKIP)
+            decisions[p.name] = primary
         return arch, decisions
+
+    def sample_uniform(self) -> dict[str, Any]:
+        """An architecture drawn uniformly, independently of alpha (every label's values equally
+        likely; the global torch RNG): the weight paths of single-path one-shot training (SPOS,
+        Guo et al. 2020)."""
+        out = {}
+        for label, c in self.choices.items():
+            out[label] = c.values[int(torch.randint(len(c.values), ()))]
+        return canonical_arch(self.space, out)
+
+    def largest_arch(self) -> dict[str, Any]:
+        """The most expensive architecture: at every point the costliest operator, reading the
+        largest key count from every reference (what a warm-up on the full path trains)."""
+        arch: dict[str, Any] = {}
+        fixed = self.cost.fixed
+        for p in self.space:
+            best, best_f = SKIP, -1
+            for op in p.ops:
+                if op == SKIP:
+                    continue
+                trial = {p.op_label(): op, **{p.key_label(r): max(p.keys) for r in p.refs}}
+                full = {q.op_label(): SKIP for q in self.space}
+                full.update(trial)
+                labels = {c.label for c in self.space.choices()}
+                f = self.cost.exact({k: v for k, v in full.items() if k in labels}) - fixed
+                if f > best_f:
+                    best, best_f = op, f
+            arch[p.op_label()] = best
+            if self.space.uses_refs(best):
+                arch.update({p.key_label(r): max(p.keys) for r in p.refs})
+        labels = {c.label for c in self.space.choices()}
+        return canonical_arch(self.space, {k: v for k, v in arch.items() if k in labels})
 
     def decisions(self, arch: Mapping[str, Any]) -> dict[str, Decision]:
         """Decisions running a given (frozen) architecture, without gate weights."""

@@ -20,6 +20,7 @@ import torch
 
 from nas.errors import UsageError, did_you_mean
 from nas.restoration.images import (
+    BUILTIN_GROUPS,
     BUILTIN_PHOTOS,
     image_size,
     list_images,
@@ -86,22 +87,64 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "acla-nas"
 
 
-def split_names(names: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[list, list]:
-    """Split image names into (train, val) for bilevel search; at least one image each.
+def split_data(names: Sequence[str], val_fraction: float, score_fraction: float = 0.0,
+               seed: int = 0, groups: Sequence[Sequence[str]] = ()) -> tuple[list, list, list]:
+    """Split image names into (train, val, score): weights train on ``train``, the architecture
+    logits on ``val``, and architectures are scored on ``score`` - images neither the weights nor
+    the logits have seen. Names of one group (e.g. the two views of a stereo pair) stay together.
+
+    Args:
+        names: image names.
+        val_fraction: share of images for the alpha split, in (0, 1).
+        score_fraction: share of images for scoring, in [0, 1) (0: no scoring split).
+        seed: seed of the shuffle.
+        groups: sets of names that must land in one split.
+
+    Returns:
+        Sorted ``(train, val, score)`` name lists; every split that is asked for is non-empty.
 
     Raises:
-        UsageError: fewer than two images, or ``val_fraction`` outside (0, 1).
+        UsageError: fractions out of range, or too few images (or groups) for the splits.
     """
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"data.val_fraction: must be in (0, 1), got {val_fraction}")
-    names = sorted(names)
-    if len(names) < 2:
-        raise UsageError(f"data: need at least 2 images for a train/val split, got {len(names)}")
-    order = np.random.default_rng(seed).permutation(len(names))
-    n_val = min(len(names) - 1, max(1, round(val_fraction * len(names))))
-    val = sorted(names[i] for i in order[:n_val])
-    train = sorted(names[i] for i in order[n_val:])
-    return train, val
+    if not 0.0 <= score_fraction < 1.0 or val_fraction + score_fraction >= 1.0:
+        raise UsageError(f"data.score_fraction: must be in [0, 1) with val_fraction + "
+                         f"score_fraction < 1, got {score_fraction}")
+    names = sorted(set(names))
+    unit_of = {n: n for n in names}
+    for g in groups:
+        members = sorted(n for n in g if n in unit_of)
+        for n in members:
+            unit_of[n] = members[0]
+    units: dict[str, list[str]] = {}
+    for n in names:
+        units.setdefault(unit_of[n], []).append(n)
+    keys = sorted(units)
+    need = 2 + (score_fraction > 0)
+    if len(keys) < need:
+        raise UsageError(f"data: need at least {need} images (or image groups) for the train/val"
+                         f"{'/score' if score_fraction > 0 else ''} split, got {len(keys)}")
+    order = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
+    n = len(names)
+    active = [(split, frac) for split, frac in (("score", score_fraction), ("val", val_fraction))
+              if frac > 0]
+    out: dict[str, list[str]] = {"score": [], "val": [], "train": []}
+    i = 0
+    for idx, (split, frac) in enumerate(active):
+        reserve = len(active) - idx  # the later splits and train need a unit each
+        want = max(1, round(frac * n))
+        while i < len(order) - reserve:
+            unit = units[order[i]]
+            if out[split] and len(out[split]) + len(unit) > want:
+                break
+            out[split] += unit
+            i += 1
+            if len(out[split]) >= want:
+                break
+    for k in order[i:]:
+        out["train"] += units[k]
+    return sorted(out["train"]), sorted(out["val"]), sorted(out["score"])
 
 
 class PatchSampler:
@@ -214,7 +257,11 @@ class DataConfig:
     Attributes:
         source: ``"builtin"`` (skimage photos) or a folder path of HR images.
         images: subset of built-in photo names (default: all of :data:`BUILTIN_PHOTOS`).
-        val_fraction: fraction of images held out for the alpha step / validation.
+        val_fraction: share of images held out for the alpha steps.
+        score_fraction: share of images held out for scoring architectures (0: none).
+        groups: names that must stay in one split (the built-in stereo pair always does).
+        split_seed: seed of the train/val/score split (not the run's seed: every trial of a study
+            splits alike, whatever its own seed).
         patch_size: HR patch side.
         batch_size: patches per step.
     """
@@ -222,8 +269,19 @@ class DataConfig:
     source: str = "builtin"
     images: list[str] = field(default_factory=list)
     val_fraction: float = 0.2
+    score_fraction: float = 0.2
+    groups: list = field(default_factory=list)
+    split_seed: int = 0
     patch_size: int = 48
     batch_size: int = 8
+
+    def split_groups(self) -> list[list[str]]:
+        """The groups kept together by :func:`split_data` (the built-in stereo pair, plus
+        ``groups``)."""
+        out = [list(g) for g in self.groups]
+        if self.source == "builtin":
+            out += [list(g) for g in BUILTIN_GROUPS]
+        return out
 
     def load(self) -> dict[str, np.ndarray]:
         """The selected images as ``{name: (H, W, 3) uint8}``.
@@ -277,6 +335,12 @@ class DataConfig:
             raise UsageError(f"data.source: {self.source}: image folder does not exist")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"data.val_fraction: must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.score_fraction < 1 or self.val_fraction + self.score_fraction >= 1:
+            raise UsageError(f"data.score_fraction: must be in [0, 1) with val_fraction + "
+                             f"score_fraction < 1, got {self.score_fraction}")
+        for i, g in enumerate(self.groups):
+            if not isinstance(g, list) or not all(isinstance(n, str) for n in g):
+                raise UsageError(f"data.groups[{i}]: expected a list of image names, got {g!r}")
         if self.patch_size < 8:
             raise UsageError(f"data.patch_size: must be >= 8, got {self.patch_size}")
         if self.patch_size % task.hr_modulo:
@@ -289,6 +353,10 @@ class DataConfig:
         except UsageError as e:
             msg = str(e)
             raise UsageError(msg if msg.startswith("data") else f"data.source: {msg}") from None
+        for i, g in enumerate(self.groups):
+            missing = [n for n in g if n not in sizes]
+            if missing:
+                raise UsageError(f"data.groups[{i}]: no image {missing[0]!r} in the data")
         if len(sizes) < min_images:
             raise UsageError(f"data.source: {self.source}: {len(sizes)} image(s), need at least "
                              f"{min_images} for a train/validation split")

@@ -42,6 +42,9 @@ BUILTIN_PHOTOS = (
     "coins",
 )
 
+#: built-in photos that must land in the same split: the two views of one stereo pair
+BUILTIN_GROUPS = (("motorcycle_left", "motorcycle_right"),)
+
 
 # --------------------------------------------------------------------------------------- images
 def to_rgb_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:

@@ -1,16 +1,18 @@
 """The trial function of a study: sample the outer hyperparameters, search, derive, score, record.
 
-Each trial runs one supernet search (:class:`nas.engine.supernet_search.SupernetSearch`) in
-``<out>/trials/<n>/`` and returns ``(psnr_db, gflops)``:
+A searched trial runs :class:`nas.engine.supernet_search.SupernetSearch` in
+``<out>/trials/<n>/`` - with the supernet shared by every trial that agrees on the weight
+settings (``<out>/supernets/<key>/``) - derives an architecture and scores it with the study's
+one protocol (:mod:`nas.engine.scoring`); a reference trial scores its known architecture the
+same way. Each trial returns ``(psnr_db, gflops)``:
 
-* ``psnr_db`` - PSNR (dB) of the derived network on the held-out validation images, in the task's
-  convention (SR: Y channel, ``scale`` pixels cropped; denoising/demosaicing: RGB; JPEG: Y), see
-  ``result.json`` of each trial;
-* ``gflops`` - exact GFLOPs (1e9 FLOPs, FLOPs = 2 x MACs, per image) of the derived network at the
+* ``psnr_db`` - the mean over ``score.seeds`` scoring seeds of the architecture's PSNR (dB) on the
+  held-out score images after stand-alone training, in the task's convention (SR: Y channel,
+  ``scale`` pixels cropped; denoising/demosaicing: RGB; JPEG: Y). Scores are cached in the
+  study's system attributes by (protocol, architecture, seed), so two trials that derive the same
+  architecture report the same PSNR;
+* ``gflops`` - exact GFLOPs (1e9 FLOPs, FLOPs = 2 x MACs, per image) of the architecture at the
   reference input size (``search.lr_size``, default a 1280x720 output).
-
-Reference trials run the same search with the supernet frozen to their architecture
-(:meth:`nas.engine.supernet.Supernet.freeze`).
 
 Failures: a trial whose loss diverges (NaN/inf) ends FAIL, one that exceeds ``time_budget_s``
 ends PRUNED; both carry the user attr ``fail_reason`` and the study goes on. Ctrl-C (or SIGTERM)
@@ -30,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from nas.engine.export import SearchResult, export_result, record_scores
+from nas.engine.scoring import ScoreCache, arch_key
 from nas.errors import DivergedError, UsageError
 from nas.study.params import suggest, trial_config
 from nas.study.storage import quiet_optuna
@@ -85,6 +89,11 @@ class Objective:
         self.progress = progress
         self.on_outcome = on_outcome
         self.references = dict(setup.references)
+        self.space = study_space(setup.cfg)
+        self.cache = study_score_cache(study, storage)
+        from nas.restoration.evaluate import Convention
+
+        self.convention = Convention.for_task(setup.cfg.task).describe()
 
     def run_dir(self, trial, root: int) -> Path:
         """The run folder of a trial: the recorded one of the series if it exists, else
@@ -97,7 +106,7 @@ class Objective:
     def __call__(self, trial) -> tuple[float, float]:
         import optuna
 
-        from nas.engine.supernet_search import SupernetSearch
+        from nas.engine.supernet_search import SupernetSearch, supernet_key
 
         setup = self.setup
         t0 = time.perf_counter()
@@ -114,7 +123,8 @@ class Objective:
         if ref is None and not setup.hpo.seed_per_trial:
             twin = finished_twin(self.study, trial.number, values)
             if twin is not None:  # the search is deterministic: same params, same result
-                for k in ("run_dir", "arch_path", "flops", "params", "steps"):
+                for k in ("run_dir", "arch_path", "arch", "arch_key", "flops", "params", "steps",
+                          "score_seeds"):
                     if k in twin.user_attrs:
                         trial.set_user_attr(k, twin.user_attrs[k])
                 trial.set_user_attr("duplicate_of", twin.number)
@@ -145,11 +155,16 @@ class Objective:
         if root != trial.number:
             provenance["retry_of"] = root
         try:
-            search = SupernetSearch(cfg, run_dir, device=self.device, progress=self.progress,
-                                    provenance=provenance)
             if ref is not None:
-                search.model.freeze(self.references[ref])
-            res = search.run(on_step=on_step)
+                res = export_reference(cfg, self.references[ref], run_dir, provenance)
+            else:
+                search = SupernetSearch(cfg, run_dir, device=self.device, progress=self.progress,
+                                        provenance=provenance,
+                                        supernet_dir=self.out / "supernets" / supernet_key(cfg))
+                res = search.run(on_step=on_step)
+            scores = self.cache.scores(cfg, self.space, res.arch, range(cfg.score.seeds),
+                                       device=self.device)
+            res = record_scores(res, run_dir, scores, self.convention)
         except DivergedError as e:
             reason = f"diverged: {e}"
             trial.set_user_attr("fail_reason", reason)
@@ -174,9 +189,12 @@ class Objective:
         if first_step and first_step[0] > 0:
             trial.set_user_attr("resumed_from_step", first_step[0])
         trial.set_user_attr("arch_path", str(res.arch_path))
+        trial.set_user_attr("arch_key", arch_key(res.arch))
+        trial.set_user_attr("arch", res.arch)
         trial.set_user_attr("flops", int(round(res.gflops * 1e9)))
         trial.set_user_attr("params", int(res.params))
         trial.set_user_attr("steps", int(res.steps))
+        trial.set_user_attr("score_seeds", [s.seed for s in scores])
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
         with quiet_optuna():
             trial.set_constraint("reference", 1.0 if ref is not None else 0.0)
@@ -203,3 +221,35 @@ def finished_twin(study, number: int, values: Mapping[str, Any]):
         if t.number != number and "reference" not in t.user_attrs and t.params == values:
             return t
     return None
+
+
+def study_space(cfg):
+    """The :class:`~search_spaces.space.SearchSpace` of a study's config."""
+    from nas.engine.network import build_backbone
+    from search_spaces.space import SearchSpace
+
+    return SearchSpace(cfg.space, build_backbone(cfg.space, cfg.task).config.num_block)
+
+
+def study_score_cache(study, storage) -> ScoreCache:
+    """A :class:`ScoreCache` kept in the study's system attributes (public storage API), so every
+    worker of the study, on any machine, reuses every score."""
+    sid = storage.get_study_id_from_name(study.study_name)
+    return ScoreCache(get=lambda k: storage.get_study_system_attrs(sid).get(k),
+                      put=lambda k, v: storage.set_study_system_attr(sid, k, v))
+
+
+def export_reference(cfg, arch: Mapping[str, Any], run_dir: Path,
+                     provenance: Mapping[str, Any]) -> SearchResult:
+    """Export a reference architecture (no search: it is known) like a searched one."""
+    from nas.engine.flops import CostModel
+    from nas.engine.network import build_fixed
+
+    space = study_space(cfg)
+    lr_size = tuple(cfg.search.lr_size) if cfg.search.lr_size else None
+    cost = CostModel(space, cfg.task, lr_size)
+    fixed = build_fixed(space, cfg.task, arch)
+    probs = {label: {str(v): float(v == arch.get(label)) for v in c.values}
+             for label, c in ((c.label, c) for c in space.choices()) if label in arch}
+    return export_result(fixed, arch, task=cfg.task, space_cfg=cfg.space, cost=cost, probs=probs,
+                         out_dir=run_dir, provenance=dict(provenance), steps=0, seconds=0.0)

@@ -203,24 +203,30 @@ def knee_index(points: Sequence[Sequence[float]],
 
 # ------------------------------------------------------------------------------------ rendering
 def plot_front(path: str | os.PathLike, points: Sequence[Sequence[float]], on_front: Sequence[bool],
-               *, labels: Sequence[str] | None = None, references: Sequence[tuple[str, float, float]] = (),
+               *, labels: Sequence[str] | None = None, errors: Sequence[float] | None = None,
+               ties: Sequence[bool] | None = None, reference: Sequence[bool] | None = None,
                reference_point: Sequence[float] | None = None, knee: int | None = None,
-               title: str = "", xlabel: str = "GFLOPs", ylabel: str = "PSNR (dB)") -> Path:
-    """Scatter ``(psnr_db, gflops)`` trials as GFLOPs (x) against PSNR (y) and write a PNG.
+               title: str = "", xlabel: str = "GFLOPs", ylabel: str = "PSNR (dB)",
+               error_label: str = "+-1 standard error") -> Path:
+    """Scatter ``(psnr_db, gflops)`` points as GFLOPs (x) against PSNR (y) and write a PNG.
 
-    The front is drawn in colour and joined by a step line, dominated trials in grey, reference
-    baselines (known architectures) as labelled stars, the knee circled, and the hypervolume's
-    reference point as a cross.
+    The front is drawn in colour and joined by a step line (a front point that is a tie with the
+    next cheaper one hollow), dominated points in grey, reference architectures as labelled
+    stars, every point with its error bar, the knee circled, and the hypervolume's reference
+    point as a cross.
 
     Args:
         path: output PNG (written atomically).
-        points: ``[(psnr_db, gflops), ...]`` of the searched trials.
+        points: ``[(psnr_db, gflops), ...]``, one per architecture.
         on_front: per point, whether it is on the front.
-        labels: per point, a short annotation (e.g. the trial number) for front points.
-        references: ``[(name, psnr_db, gflops), ...]`` baselines to mark.
+        labels: per point, a short annotation (e.g. a trial number or a reference name).
+        errors: per point, the half-height of its error bar (dB), e.g. a standard error.
+        ties: per point, whether it is within noise of the next cheaper front point.
+        reference: per point, whether it is a reference architecture.
         reference_point: ``(psnr_db, gflops)`` of the hypervolume's reference point.
         knee: index into ``points`` of the knee, circled.
         title: plot title; axis labels carry the units.
+        error_label: legend entry of the error bars.
 
     Returns:
         The path written.
@@ -239,40 +245,58 @@ def plot_front(path: str | os.PathLike, points: Sequence[Sequence[float]], on_fr
         raise UsageError("--plot: matplotlib is required (pip install matplotlib)") from None
     from nas.io import atomic_write
 
-    fig, ax = plt.subplots(figsize=(7.0, 4.8), dpi=120)
-    dom = [(p[1], p[0]) for p, f in zip(points, on_front) if not f]
-    front = sorted((p[1], p[0], i) for i, (p, f) in enumerate(zip(points, on_front)) if f)
+    n = len(points)
+    errors = list(errors) if errors is not None else [0.0] * n
+    ties = list(ties) if ties is not None else [False] * n
+    reference = list(reference) if reference is not None else [False] * n
+    fig, ax = plt.subplots(figsize=(7.2, 4.9), dpi=120)
+    xs = [p[1] for p in points]
+    ys = [p[0] for p in points]
+    if any(errors):
+        ax.errorbar(xs, ys, yerr=errors, fmt="none", ecolor="0.55", elinewidth=0.8, capsize=2,
+                    zorder=1, label=error_label)
+    front = sorted(i for i in range(n) if on_front[i])
+    front.sort(key=lambda i: xs[i])
+    dom = [i for i in range(n) if not on_front[i] and not reference[i]]
     if dom:
-        ax.scatter([x for x, _ in dom], [y for _, y in dom], s=22, c="0.7", label="dominated trials",
-                   zorder=2)
+        ax.scatter([xs[i] for i in dom], [ys[i] for i in dom], s=22, c="0.7",
+                   label="dominated", zorder=2)
     if front:
-        xs = [x for x, _, _ in front]
-        ys = [y for _, y, _ in front]
-        ax.step(xs, ys, where="post", c="tab:blue", lw=1.2, alpha=0.6, zorder=3)
-        ax.scatter(xs, ys, s=40, c="tab:blue", edgecolors="k", linewidths=0.5, label="Pareto front",
-                   zorder=4)
-        if labels is not None:
-            for x, y, i in front:
-                ax.annotate(str(labels[i]), (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color="tab:blue")
-    if knee is not None and 0 <= knee < len(points):
-        ax.scatter([points[knee][1]], [points[knee][0]], s=180, facecolors="none",
-                   edgecolors="tab:red", linewidths=1.5, label="knee", zorder=5)
-    for k, (name, psnr, gfl) in enumerate(references):
-        ax.scatter([gfl], [psnr], marker="*", s=160, c="tab:orange", edgecolors="k", linewidths=0.5,
-                   label="reference architectures" if k == 0 else None, zorder=3.5)
-        ax.annotate(name, (gfl, psnr), textcoords="offset points", xytext=(6, -10), fontsize=8,
-                    color="tab:orange")
+        ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", c="tab:blue",
+                lw=1.2, alpha=0.6, zorder=3)
+        solid = [i for i in front if not ties[i] and not reference[i]]
+        hollow = [i for i in front if ties[i] and not reference[i]]
+        if solid:
+            ax.scatter([xs[i] for i in solid], [ys[i] for i in solid], s=40, c="tab:blue",
+                       edgecolors="k", linewidths=0.5, label="Pareto front", zorder=4)
+        if hollow:
+            ax.scatter([xs[i] for i in hollow], [ys[i] for i in hollow], s=40,
+                       facecolors="white", edgecolors="tab:blue", linewidths=1.2,
+                       label="front, within noise of a cheaper point", zorder=4)
+    refs = [i for i in range(n) if reference[i]]
+    if refs:
+        ax.scatter([xs[i] for i in refs], [ys[i] for i in refs], marker="*", s=170,
+                   c=["tab:orange" if on_front[i] else "moccasin" for i in refs], edgecolors="k",
+                   linewidths=0.5, label="reference architectures", zorder=5)
+    if labels is not None:
+        for i in range(n):
+            if on_front[i] or reference[i]:
+                ax.annotate(str(labels[i]), (xs[i], ys[i]), textcoords="offset points",
+                            xytext=(5, 4), fontsize=7,
+                            color="tab:orange" if reference[i] else "tab:blue")
+    if knee is not None and 0 <= knee < n:
+        ax.scatter([xs[knee]], [ys[knee]], s=190, facecolors="none", edgecolors="tab:red",
+                   linewidths=1.5, label="knee", zorder=6)
     if reference_point is not None:
         ax.scatter([reference_point[1]], [reference_point[0]], marker="x", s=50, c="k",
                    label="hypervolume reference point", zorder=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    if dom or front or references:
-        ax.legend(fontsize=8, loc="best")
+    if n:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"

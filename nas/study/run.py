@@ -43,6 +43,11 @@ from nas.study.workers import RequeueStaleTrial, fail_dead_local_trials
 
 log = logging.getLogger("acla_nas.study")
 
+#: config fields that decide how architectures are scored: one value per study
+PROTOCOL_FIELDS = ("score.", "task.", "data.source", "data.images", "data.val_fraction",
+                   "data.score_fraction", "data.groups", "data.split_seed", "space.backbone",
+                   "space.op_config")
+
 #: objective directions and names of every acla-nas study: PSNR (dB) up, GFLOPs down
 DIRECTIONS = ("maximize", "minimize")
 METRIC_NAMES = ("psnr_db", "gflops")
@@ -107,7 +112,13 @@ def prepare_study(cfg: Config, source: str = "config", trials: int | None = None
     h, specs = parse_hpo(raw, source)
     base = copy.deepcopy(cfg)
     base.hpo = {}
+    fill_target_range(base, specs, source)
     targets = check_params(base, specs, source)
+    for name, field_ in targets.items():
+        if field_.startswith(PROTOCOL_FIELDS):
+            raise UsageError(f"{source}: hpo.params.{name}: {field_} is part of the scoring "
+                             "protocol, which must be one for the whole study (scores of "
+                             "different protocols cannot be compared)")
     space = SearchSpace(base.space, build_backbone(base.space, base.task).config.num_block)
     refs = []
     for i, ref in enumerate(h.reference_trials):
@@ -120,6 +131,30 @@ def prepare_study(cfg: Config, source: str = "config", trials: int | None = None
         raise UsageError(f"{source}: hpo.reference_trials: duplicated name")
     return StudySetup(cfg=base, hpo=h, specs=specs, targets=targets, references=refs,
                       source=source)
+
+
+def fill_target_range(cfg: Config, specs: dict[str, ParamSpec], source: str) -> None:
+    """A float parameter on ``search.penalty.target_gflops`` without ``low``/``high`` spans the
+    space's FLOPs range: from the cheapest to the most expensive architecture (GFLOPs at the
+    reference input size), so targets - and with a budget penalty the trials - spread over the
+    whole FLOPs axis."""
+    from nas.engine.derive import flops_range
+    from nas.engine.flops import CostModel
+    from nas.study.objective import study_space
+    from nas.study.params import config_field
+
+    for name, s in specs.items():
+        try:
+            field_, _ = config_field(name, f"hpo.params.{name}")
+        except UsageError as e:
+            raise UsageError(f"{source}: {e}") from None
+        if field_ == "search.penalty.target_gflops" and s.type == "float" and (
+                s.low is None or s.high is None):
+            space = study_space(cfg)
+            lr_size = tuple(cfg.search.lr_size) if cfg.search.lr_size else None
+            lo, hi = flops_range(space, CostModel(space, cfg.task, lr_size))
+            s.low = s.low if s.low is not None else round(lo / 1e9, 6)
+            s.high = s.high if s.high is not None else round(hi / 1e9, 6)
 
 
 def make_sampler(h: HpoConfig, seed: int):
@@ -181,7 +216,7 @@ def open_study(setup: StudySetup, spec: StorageSpec, name: str, out_dir: str | o
                 trials_dir.rename(trials_dir.with_name(f"trials.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
             study, created = _create_or_load(storage, name)
         if created:
-            _init_study(setup, study)
+            _init_study(setup, study, storage)
             from nas.io import atomic_write_json
 
             atomic_write_json(fp_file, setup.fingerprint())
@@ -226,7 +261,7 @@ def _holds_results(study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
 
 
-def _init_study(setup: StudySetup, study) -> None:
+def _init_study(setup: StudySetup, study, storage) -> None:
     """Metric names, short user attrs (readable in ``optuna studies``) and reference trials."""
     from nas import __version__
     from nas.restoration.evaluate import Convention
@@ -238,9 +273,18 @@ def _init_study(setup: StudySetup, study) -> None:
     study.set_user_attr("config_sha", setup.fingerprint_sha())
     study.set_user_attr("axis_labels", axis_labels(setup.cfg))
     study.set_user_attr("conventions", {
-        "psnr_db": f"val PSNR, {'Y' if conv.y_channel else 'RGB'}, crop {conv.crop_border}, "
-                   "8-bit outputs",
+        "psnr_db": f"mean over scoring seeds of the PSNR after {setup.cfg.score.steps} steps of "
+                   f"stand-alone training, held-out images, {'Y' if conv.y_channel else 'RGB'}, "
+                   f"crop {conv.crop_border}",
         "gflops": f"GFLOPs at {_lr_size_text(setup.cfg)} input, FLOPs = 2 x MACs"})
+    from nas.engine.scoring import arch_key, protocol_key
+    from nas.study.noise import PLAIN_ATTR, PROTOCOL_ATTR
+    from nas.study.objective import study_space
+
+    sid = storage.get_study_id_from_name(study.study_name)
+    storage.set_study_system_attr(sid, PROTOCOL_ATTR, protocol_key(setup.cfg))
+    storage.set_study_system_attr(
+        sid, PLAIN_ATTR, arch_key({p.op_label(): "skip" for p in study_space(setup.cfg)}))
     values = base_values(setup.cfg, setup.specs, setup.targets)
     for ref_name, _ in setup.references:
         with quiet_optuna():
@@ -253,7 +297,7 @@ def axis_labels(cfg: Config) -> dict[str, str]:
 
     conv = Convention.for_task(cfg.task)
     ch = "Y" if conv.y_channel else "RGB"
-    return {"psnr_db": f"validation PSNR (dB, {ch}, crop {conv.crop_border})",
+    return {"psnr_db": f"score PSNR (dB, {ch}, crop {conv.crop_border}; held-out images)",
             "gflops": f"GFLOPs at {_lr_size_text(cfg)} input (FLOPs = 2 x MACs)"}
 
 
@@ -382,6 +426,14 @@ def run_study(setup: StudySetup, study, storage, out_dir: str | os.PathLike, *,
             with quiet_optuna():
                 study.optimize(objective, n_trials=1, catch=(DivergedError,), gc_after_trial=True)
             ran += 1
+        c = count_trials(study)
+        if c["done"] >= h.trials and not c["running"] and not c["waiting"] and not c["ref_pending"]:
+            from nas.study.noise import measure_noise
+
+            runs = measure_noise(setup, study, storage, device, log=say)
+            if runs:
+                say(f"noise floor: {runs} more scoring runs of the front, references and plain "
+                    "backbone")
     finally:
         optuna.logging.set_verbosity(prev_verbosity)
         c = count_trials(study)

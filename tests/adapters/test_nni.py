@@ -19,6 +19,7 @@ from nas.engine.flops import CostModel
 from nas.errors import UsageError
 from nas.restoration.task import Task
 from search_spaces.space import SearchSpace, SpaceConfig
+from tests.conftest import TINY_SETS
 
 LR = (12, 16)  # small reference size: FLOPs measured on a real forward stay cheap
 SKIP_REASON = "NNI not installed (optional extra: pip install 'acla-nas[nni]')"
@@ -39,10 +40,9 @@ def small_space(**kw) -> SpaceConfig:
 
 
 def tiny_cfg(**over):
-    sets = ["space.backbone={preset: edsr-tiny}", "space.points=[b01, b02]", "space.keys=[0, 2]",
-            "data.images=[astronaut,chelsea,coffee,camera]", "data.patch_size=24",
-            "data.batch_size=2", "data.val_fraction=0.5", "search.steps=4", "search.warmup_steps=0",
-            "search.val_images=1", "search.lr_size=[12,16]", "search.alpha_lr=0.05"]
+    sets = [*TINY_SETS, "space.points=[b01, b02]", "space.keys=[0, 2]",
+            "search.supernet_steps=4", "search.largest_path_steps=0", "search.alpha_steps=4",
+            "search.alpha_lr=0.05"]
     sets += [f"{k}={v}" for k, v in over.items()]
     return load_config(None, sets)
 
@@ -158,7 +158,7 @@ def test_run_nni_yields_buildable_archspec(nni, tmp_path, strategy, penalty):
     spec = run_nni(strategy, cfg, tmp_path, epochs=2, penalty=penalty)
     assert spec.provenance["strategy"] == {"darts": "nni-darts", "gumbel": "nni-gumbel-darts"}[strategy]
     assert spec.provenance["penalty"] == ("linear" if penalty else "none")
-    assert spec.provenance["steps"] == 4 and spec.provenance["nni"] == nni.__version__
+    assert spec.provenance["steps"] == 8 and spec.provenance["nni"] == nni.__version__
     loaded = load_archspec(tmp_path / "arch.json")
     assert loaded.choices == spec.choices
     assert set(spec.probs) == {c.label for c in spec.search_space().choices()}

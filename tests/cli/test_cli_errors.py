@@ -14,15 +14,9 @@ import pytest
 import torch
 
 from nas.cli import main
-from tests.conftest import spec_dict, write_study_config
+from tests.conftest import TINY_SETS, spec_dict, write_study_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY_SETS = ["space.backbone={preset: edsr-tiny}", "data.images=[astronaut,chelsea,coffee,camera]",
-             "data.patch_size=24", "data.batch_size=2", "data.val_fraction=0.5",
-             "search.steps=4", "search.warmup_steps=1", "search.lr_size=[12,16]",
-             "retrain.steps=2", "retrain.val_every=1", "retrain.checkpoint_every=1"]
-
 
 def tiny(*more: str) -> list[str]:
     out = []
@@ -87,15 +81,18 @@ CASES = [
     ("pareto", ["{t}/st", "-f", "xml"], r"invalid choice: 'xml'"),
     # export
     ("export", ["{t}/st", "--trial", "99"], r"--trial 99: study s has trials 0\.\.0"),
-    ("export", ["{t}/st0", "--knee"], r"--knee: study s0 has no complete searched trial"),
+    ("export", ["{t}/st0", "--knee"], r"--knee: study s0 has no complete trial"),
     ("export", ["{t}/st", "--max-gflops", "0.1"], r"--max-gflops 0\.1: no front trial"),
     ("export", ["{t}/st"], r"one of the arguments --trial --knee --max-gflops is required"),
     # supernet
     ("supernet", ["-c", "{t}/missing.yaml"], r"no such config file"),
     ("supernet", ["-c", "{t}/ok.yaml", *tiny("search.lr=1e12", "search.grad_clip=0"),
-                  "--out", "{t}/div"], r"training diverged \(step \d+: L1 is (nan|inf)"),
+                  "--out", "{t}/div"], r"training diverged \(supernet step \d+: L1 is (nan|inf)"),
     ("supernet", ["-c", "{t}/ok.yaml", *tiny(), "--out", "{t}/afile"], r"--out .*is a file"),
-    ("supernet", ["-c", "{t}/ok.yaml", *tiny("search.warmup_steps=9")], r"search\.warmup_steps"),
+    ("supernet", ["-c", "{t}/ok.yaml", *tiny("search.largest_path_steps=99")],
+     r"search\.largest_path_steps: must be in 0\.\.search\.supernet_steps"),
+    ("supernet", ["-c", "{t}/ok.yaml", *tiny("search.warmup_steps=9")],
+     r"search\.warmup_steps: replaced by search\.largest_path_steps"),
     # retrain
     ("retrain", ["{t}/bin.json", "-c", "{t}/ok.yaml"], r"bin\.json: not a text ArchSpec file"),
     ("retrain", ["{t}/badjson.json", "-c", "{t}/ok.yaml"], r"badjson\.json: invalid JSON at line 1"),
@@ -205,10 +202,10 @@ def test_truncated_checkpoints_are_moved_aside_and_the_run_starts_over(tmp_path,
     out = tmp_path / "run"
     (tmp_path / "ok.yaml").write_text("name: ok\n")
     assert main(["supernet", "-c", str(tmp_path / "ok.yaml"), *tiny(), "--out", str(out), "-q"]) == 0
-    ckpt = out / "supernet.pt"
+    ckpt = out / "search.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     assert main(["supernet", "-c", str(tmp_path / "ok.yaml"), *tiny(), "--out", str(out)]) == 0
-    assert any(p.name.startswith("supernet.pt.unreadable-") for p in out.iterdir())
+    assert any(p.name.startswith("search.pt.unreadable-") for p in out.iterdir())
     assert "unreadable checkpoint" in caplog.text
 
 
@@ -220,12 +217,12 @@ def test_run_folders_of_another_run_are_refused_unless_forced(tmp_path, capsys):
     first = (out / "arch.json").read_text()
     assert main(base) == 0  # same command, same folder: resumes (already finished)
     assert (out / "arch.json").read_text() == first
-    assert main([*base, "--set", "search.steps=5"]) == 2
+    assert main([*base, "--set", "search.alpha_steps=5"]) == 2
     assert "holds a supernet run with another config; use another --out, or --force" in \
         capsys.readouterr().err
     assert (out / "arch.json").read_text() == first  # nothing overwritten
-    assert main([*base, "--set", "search.steps=5", "--force"]) == 0
-    assert json.loads((out / "result.json").read_text())["steps"] == 5
+    assert main([*base, "--set", "search.alpha_steps=5", "--force"]) == 0
+    assert json.loads((out / "result.json").read_text())["steps"] == 6 + 5
     # a retrain pointed at the supernet's folder is refused as well
     rc = main(["retrain", str(out / "arch.json"), "-c", str(tmp_path / "ok.yaml"), *tiny(),
                "--out", str(out), "-q"])

@@ -11,6 +11,7 @@ from nas.cli import main
 from nas.config import load_config
 from nas.engine.archspec import ArchSpec
 from nas.engine.retrain import retrain
+from tests.conftest import TINY_SETS
 
 SPEC = {"format_version": 1, "task": {"name": "sr", "scale": 2},
         "backbone": {"type": "edsr", "num_feat": 16, "num_block": 4, "res_scale": 1.0},
@@ -20,7 +21,8 @@ SPEC = {"format_version": 1, "task": {"name": "sr", "scale": 2},
 
 
 def cfg(steps=4, **over):
-    sets = ["data.images=[astronaut,coffee]", "data.patch_size=24", "data.batch_size=2",
+    sets = ["data.images=[astronaut,coffee]", "data.score_fraction=0", "data.patch_size=24",
+            "data.batch_size=2",
             f"retrain.steps={steps}", "retrain.val_every=2", "retrain.checkpoint_every=2",
             "retrain.eval_sets=[Set5]"]
     return load_config(None, sets + [f"{k}={v}" for k, v in over.items()])
@@ -67,8 +69,10 @@ def test_eval_with_arch_and_weights(tmp_path, shared_data, capsys):
 
 
 @pytest.mark.parametrize("sets,needle", [
-    (["search.stpes=3"], "search.stpes: unknown key (did you mean 'steps'?)"),
-    (["search.steps=abc"], "search.steps: expected an integer"),
+    (["search.alpha_stpes=3"], "search.alpha_stpes: unknown key (did you mean 'alpha_steps'?)"),
+    (["search.alpha_steps=abc"], "search.alpha_steps: expected an integer"),
+    (["search.steps=300"], "search.steps: replaced by search.supernet_steps and "
+                           "search.alpha_steps in acla-nas 0.2"),
     (["space.ops=[skip]"], "empty search space"),
     (["space.ops=[skip, aclaa]"], "unknown operator 'aclaa' (did you mean 'acla'?)"),
     (["task.scale=5"], "scale"),
@@ -82,27 +86,27 @@ def test_supernet_bad_config_one_line(tmp_path, capsys, sets, needle):
     rc = main(args + ["-c", str(p)])
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "run" / "supernet.pt").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_supernet_command_end_to_end(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = ["supernet", "-c", "experiments/search/sr_x2_small.yaml", "--out", str(out)]
-    for s in ["space.backbone={preset: edsr-tiny}", "data.images=[astronaut,chelsea,coffee,camera]",
-              "data.patch_size=24", "data.batch_size=2", "data.val_fraction=0.5",
-              "search.steps=4", "search.warmup_steps=1", "search.lr_size=[12,16]"]:
+    for s in TINY_SETS:
         args += ["--set", s]
     from pathlib import Path
 
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "derived architecture" in printed and "GFLOPs" in printed
+    assert "derived architecture" in printed and "GFLOPs" in printed and "score:" in printed
     spec = json.loads((out / "arch.json").read_text())
     assert spec["format_version"] == 1 and spec["cost"]["lr_size"] == [12, 16]
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 4 and "probs" in rows[-1] and "e_gflops" in rows[-1]
-    assert (out / "config.yaml").exists() and (out / "supernet.pt").exists()
+    assert (out / "config.yaml").exists() and (out / "supernet" / "supernet.pt").exists()
+    result = json.loads((out / "result.json").read_text())
+    assert set(result["scores"]) == {"0"} and result["psnr_db"] == result["scores"]["0"]
 
 
 def test_retrain_inherits_supernet_weights(tmp_path):
@@ -110,17 +114,18 @@ def test_retrain_inherits_supernet_weights(tmp_path):
     from nas.engine.retrain import inherit_from_supernet
     from nas.engine.supernet_search import SupernetSearch
 
-    sc = load_config(None, ["space.backbone={preset: edsr-tiny}", "space.ops=[skip, acla]",
-                            "data.images=[astronaut,chelsea,coffee,camera]", "data.patch_size=24",
-                            "data.batch_size=2", "data.val_fraction=0.5", "search.steps=2",
-                            "search.warmup_steps=1", "search.lr_size=[12,16]"])
-    run = SupernetSearch(sc, tmp_path / "sn", progress=False)
-    run.run()
+    sc = load_config(None, [*TINY_SETS, "space.ops=[skip, acla]"])
+    SupernetSearch(sc, tmp_path / "sn", progress=False).run()
+    ckpt = tmp_path / "sn" / "supernet" / "supernet.pt"
     spec = ArchSpec.from_dict(SPEC)
     model = build_model(spec)
-    inherit_from_supernet(model, spec, tmp_path / "sn" / "supernet.pt")
-    sn_state = run.model.net.state_dict()
+    inherit_from_supernet(model, spec, ckpt)
+    from nas.engine.supernet import Supernet
+
+    sn = Supernet(sc.space, sc.task)
+    sn.net.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
+    sn_state = sn.net.state_dict()
     assert torch.equal(model.backbone.head.weight, sn_state["backbone.head.weight"])
-    sliced = run.model.net.points["b01"].ops["acla"].sliced_state_dict([2, 4])
+    sliced = sn.net.points["b01"].ops["acla"].sliced_state_dict([2, 4])
     for k, v in model.points["b01"].ops["acla"].state_dict().items():
         assert torch.equal(v, sliced[k]), k

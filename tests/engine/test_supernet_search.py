@@ -1,58 +1,142 @@
-"""The bilevel search: exact resume, config checks, the FLOPs penalty at work (nas.engine.supernet_search)."""
+"""The supernet search (nas.engine.supernet_search): exact resume across both phases, a shared
+supernet, alpha-independent weight paths, every alpha learning on every step, the FLOPs terms
+at work, and budget derivation."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from nas.engine.archspec import load_archspec
 from nas.engine.flops import CostModel
-from nas.engine.supernet_search import SupernetSearch
+from nas.engine.supernet_search import SupernetSearch, SupernetTraining, supernet_key
 from nas.errors import UsageError
 from nas.restoration.task import Task
 from tests.conftest import tiny_cfg
 
 
-def _losses(path):
-    return [(r["step"], r["loss"], r["l1"]) for r in map(json.loads, path.read_text().splitlines())]
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def test_killed_search_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("cut", [3, 7], ids=["in-supernet-phase", "in-alpha-phase"])
+def test_killed_search_resumes_exactly(tmp_path, cut):
     cfg = tiny_cfg()
-    full = SupernetSearch(cfg, tmp_path / "full", progress=False)
-    res_full = full.run()
-    # "killed" after step 3: the last checkpoint is at step 2, step 3's log line is dropped
-    SupernetSearch(cfg, tmp_path / "cut", progress=False).run(stop_after=3)
-    resumed = SupernetSearch(cfg, tmp_path / "cut", progress=False)
-    res_cut = resumed.run()
-    assert _losses(tmp_path / "full" / "log.jsonl") == _losses(tmp_path / "cut" / "log.jsonl")
-    assert res_full.arch == res_cut.arch and res_full.psnr_db == res_cut.psnr_db
+    res_full = SupernetSearch(cfg, tmp_path / "full", progress=False).run()
+    # "killed" after step `cut` (6 supernet steps, then 4 alpha steps; checkpoints every 2)
+    assert SupernetSearch(cfg, tmp_path / "cut", progress=False).run(stop_after=cut) is None
+    res_cut = SupernetSearch(cfg, tmp_path / "cut", progress=False).run()
+    for name in ("supernet/supernet_log.jsonl", "log.jsonl"):
+        assert _rows(tmp_path / "full" / name) == _rows(tmp_path / "cut" / name), name
+    assert res_full.arch == res_cut.arch
+    w_full = torch.load(tmp_path / "full" / "supernet" / "supernet.pt", weights_only=False)
+    w_cut = torch.load(tmp_path / "cut" / "supernet" / "supernet.pt", weights_only=False)
+    assert all(torch.equal(w_full["model"][k], w_cut["model"][k]) for k in w_full["model"])
     spec = load_archspec(res_cut.arch_path)
     assert spec.cost["flops"] == CostModel(spec.search_space(), Task("sr", scale=2),
                                            (12, 16)).exact(spec.choices)
 
 
 def test_resume_refuses_other_config(tmp_path):
-    SupernetSearch(tiny_cfg(), tmp_path, progress=False).run(stop_after=2)
+    SupernetSearch(tiny_cfg(), tmp_path, progress=False).run(stop_after=8)
     with pytest.raises(UsageError, match="different config"):
+        SupernetSearch(tiny_cfg(**{"search.alpha_lr": 0.1}), tmp_path, progress=False).run()
+    with pytest.raises(UsageError, match="supernet checkpoint of another config"):
         SupernetSearch(tiny_cfg(**{"search.lr": 0.1}), tmp_path, progress=False).run()
 
 
+def test_trials_share_one_supernet(tmp_path):
+    """Alpha settings do not change the weights: two searches that differ only in them train
+    the supernet once, and the second search reads it."""
+    a = tiny_cfg(**{"search.alpha_lr": 0.05})
+    b = tiny_cfg(**{"search.alpha_lr": 0.2, "search.penalty.lambda": 1.0})
+    c = tiny_cfg(**{"search.lr": 5e-4})
+    assert supernet_key(a) == supernet_key(b) != supernet_key(c)
+    shared = tmp_path / "supernets" / supernet_key(a)
+    SupernetSearch(a, tmp_path / "a", progress=False, supernet_dir=shared).run()
+    before = (shared / "supernet.pt").stat().st_mtime_ns
+    steps = []
+    SupernetSearch(b, tmp_path / "b", progress=False, supernet_dir=shared).run(
+        on_step=lambda r: steps.append(r["phase"]))
+    assert (shared / "supernet.pt").stat().st_mtime_ns == before
+    assert set(steps) == {"alpha"}
+
+
+def test_weight_paths_do_not_depend_on_alpha(tmp_path):
+    """The supernet phase draws the largest path first, then uniform paths - the same draws
+    whatever alpha is."""
+    cfg = tiny_cfg(**{"search.supernet_steps": 8, "search.largest_path_steps": 3})
+    tr = SupernetTraining(cfg, tmp_path / "a")
+    with torch.no_grad():
+        for p in tr.model.arch_parameters():
+            p.fill_(0.0)
+            p[0] = 30.0  # alpha certain of its first value: skip everywhere
+    paths = []
+    for _ in range(8):
+        paths.append(tr.train_step()["path"])
+    assert paths[:3] == ["largest"] * 3 and set(paths[3:]) == {"uniform"}
+    assert tr.largest == tr.model.largest_arch()
+    assert all(v != "skip" for k, v in tr.largest.items() if k.endswith("/op"))
+
+
+def test_every_operator_logit_learns_on_every_alpha_step(tmp_path):
+    """With all-candidate straight-through weights, the ACLA logit of every point gets a gradient
+    on every alpha step, also when `skip` was drawn there."""
+    from nas.engine.supernet_search import ArchitectureSearch
+
+    cfg = tiny_cfg(**{"search.supernet_steps": 4, "search.largest_path_steps": 4})
+    SupernetSearch(cfg, tmp_path, progress=False).run(stop_after=4)
+    search = ArchitectureSearch(cfg, tmp_path / "a", tmp_path / "supernet" / "supernet.pt")
+    search.model.net.eval()  # as in the alpha phase: the keep masks are deterministic
+    for _ in range(3):
+        search.opt.zero_grad()
+        tau = 1.0
+        _, dec = search.model.sample(tau, all_candidates=True)
+        lq, hr = search.sampler.sample(4)
+        out = search.model(lq, dec)
+        torch.nn.functional.l1_loss(out, hr).backward()
+        for p in search.model.space:
+            g = search.model.gates.alpha[p.op_label()].grad
+            assert g is not None and g.abs().sum() > 0, (p.name, dec[p.name].op)
+        # the forward value is the drawn architecture's
+        arch = {p.op_label(): dec[p.name].op for p in search.model.space}
+        for p in search.model.space:
+            if dec[p.name].op == "acla":
+                for r, k in zip(p.refs, dec[p.name].active_keys):
+                    arch[p.key_label(r)] = k
+        with torch.no_grad():
+            plain = search.model(lq, search.model.decisions(arch))
+        assert torch.allclose(out, plain, atol=1e-5)
+
+
 def test_large_lambda_pushes_gates_to_skip(tmp_path):
-    cfg = tiny_cfg(**{"search.steps": 25, "search.warmup_steps": 0, "search.alpha_lr": 0.1,
+    cfg = tiny_cfg(**{"search.alpha_steps": 25, "search.alpha_lr": 0.1,
                       "search.penalty.lambda": 50.0, "search.checkpoint_every": 25})
-    run = SupernetSearch(cfg, tmp_path, progress=False)
-    first = None
-
-    def on_step(row):
-        nonlocal first
-        first = first or row["e_gflops"]
-
-    res = run.run(on_step=on_step)
-    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    res = SupernetSearch(cfg, tmp_path, progress=False).run()
+    rows = _rows(tmp_path / "log.jsonl")
     assert rows[-1]["e_gflops"] < rows[0]["e_gflops"]
     for label, p in rows[-1]["probs"].items():
         if label.endswith("/op"):
             assert p["skip"] > rows[0]["probs"][label]["skip"]
     assert all(v == "skip" for k, v in res.arch.items() if k.endswith("/op"))
+
+
+def test_budget_penalty_pulls_expected_flops_to_the_target_and_derive_respects_it(tmp_path):
+    probe = tiny_cfg()
+    from nas.engine.derive import flops_range
+    from nas.engine.network import build_backbone
+    from search_spaces.space import SearchSpace
+
+    space = SearchSpace(probe.space, build_backbone(probe.space, probe.task).config.num_block)
+    lo, hi = flops_range(space, CostModel(space, probe.task, (12, 16)))
+    target = (lo + 0.4 * (hi - lo)) / 1e9
+    cfg = tiny_cfg(**{"search.alpha_steps": 60, "search.alpha_lr": 0.1,
+                      "search.penalty.kind": "budget", "search.penalty.lambda": 5.0,
+                      "search.penalty.target_gflops": target, "search.checkpoint_every": 60})
+    res = SupernetSearch(cfg, tmp_path, progress=False).run()
+    rows = _rows(tmp_path / "log.jsonl")
+    start, end = rows[0]["e_gflops"], rows[-1]["e_gflops"]
+    assert abs(end - target) < abs(start - target)
+    assert res.gflops <= target + 1e-12

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
      r"low \(1.0\) must be <= high"),
     ({"params": {"search.penalty.kind": {"type": "categorical", "choices": []}}}, (),
      r"choices: empty search space"),
-    ({"params": {"search.warmup_steps": {"type": "float", "low": 1, "high": 3}}}, (),
+    ({"params": {"search.alpha_steps": {"type": "float", "low": 1, "high": 3}}}, (),
      r"the field is an integer; use type: int"),
     ({"params": {"search.penalty.kind": {"type": "categorical", "choices": ["linear", "hinge"]}}},
      (), r"hpo\.params\.search\.penalty\.kind='hinge'.*target_gflops: required"),
@@ -56,7 +56,7 @@ def test_params_resolve_aliases_and_set_overrides(tmp_path):
     assert cfg.hpo == {}
     # the config's own values, moved into the distributions (reference trials)
     assert params.base_values(s.cfg, s.specs, s.targets) == {"search.penalty.lambda": 0.01,
-                                                              "search.alpha_lr": 3e-3}
+                                                              "search.alpha_lr": 0.05}
 
 
 def test_reference_architectures(tmp_path):

@@ -125,9 +125,11 @@ def test_knee():
 
 
 def test_plot_front(tmp_path):
-    pts = [(30.0, 2.0), (31.0, 3.0), (29.0, 1.0), (29.5, 2.5)]
-    path = plot_front(tmp_path / "front.png", pts, pareto_mask(pts), labels=["#0", "#1", "#2", "#3"],
-                      references=[("no_attention", 29.2, 0.9)], reference_point=(28.0, 4.0), knee=0,
-                      title="t")
+    pts = [(30.0, 2.0), (31.0, 3.0), (29.0, 1.0), (29.5, 2.5), (29.2, 0.9)]
+    path = plot_front(tmp_path / "front.png", pts, pareto_mask(pts),
+                      labels=["#0", "#1", "#2", "#3", "no_attention"],
+                      errors=[0.1, 0.2, 0.05, 0.1, 0.1], ties=[False, True, False, False, False],
+                      reference=[False, False, False, False, True], reference_point=(28.0, 4.0),
+                      knee=0, title="t")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -43,7 +43,7 @@ def load(name: str):
 
 
 def test_two_workers_cooperate_on_one_study(tmp_path, study_name):
-    cfg = write_study_config(tmp_path / "pg.yaml", search__steps=60, hpo__trials=4)
+    cfg = write_study_config(tmp_path / "pg.yaml", search__alpha_steps=30, hpo__trials=4)
     args = ["-c", str(cfg), "--out", str(tmp_path / "out"), "--storage", PG_URL, "--study",
             study_name]
     ps = [spawn(args, tmp_path, f"w{i}.log") for i in range(2)]

@@ -37,7 +37,11 @@ def test_study_runs_records_and_resumes(tmp_path, journal):
         assert Path(ua["run_dir"]) == tmp_path / "out" / "trials" / str(t.number)
         assert Path(ua["arch_path"]).is_file() and ua["seed"] == 0 and ua["params"] > 0
         assert ua["flops"] == pytest.approx(t.values[1] * 1e9)
-        assert (Path(ua["run_dir"]) / "supernet.pt").is_file()
+        if "reference" in ua:  # known architectures are only scored
+            assert not (Path(ua["run_dir"]) / "search.pt").exists()
+        else:
+            assert (Path(ua["run_dir"]) / "search.pt").is_file()
+        assert ua["score_seeds"] == [0] and len(ua["arch_key"]) == 16
     arch = yaml.safe_load(Path(ref.user_attrs["arch_path"]).read_text())
     assert set(arch["choices"].values()) == {"skip"}
     assert arch["provenance"]["reference"] == "no_attention" and arch["provenance"]["trial"] == 0
@@ -83,15 +87,19 @@ def test_dead_worker_trial_is_retried_and_resumes_from_checkpoint(tmp_path):
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("worker", {**workers.worker_id(), "pid": dead_pid()})
     cfg = params.trial_config(s.cfg, values, s.targets, seed=0)
-    assert SupernetSearch(cfg, run_dir, progress=False).run(stop_after=4) is None
-    assert (run_dir / "supernet.pt").is_file()
+    from nas.engine.supernet_search import supernet_key
+
+    shared = tmp_path / "out" / "supernets" / supernet_key(cfg)
+    # 6 supernet steps, then alpha steps: killed after alpha step 2 (its checkpoint)
+    assert SupernetSearch(cfg, run_dir, progress=False, supernet_dir=shared).run(stop_after=8) is None
+    assert (run_dir / "search.pt").is_file()
     counts = run_study(s, study, st, tmp_path / "out")
     assert counts["done"] == 1
     t0, t1 = study.get_trials()
     assert t0.state == TrialState.FAIL and t1.state == TrialState.COMPLETE
     assert t1.params == t0.params and t1.system_attrs["retry_history"] == [0]
     assert t1.user_attrs["retry_of"] == 0 and t1.user_attrs["run_dir"] == str(run_dir)
-    assert t1.user_attrs["resumed_from_step"] == 4
+    assert t1.user_attrs["resumed_from_step"] == 2
 
 
 def test_interrupted_trial_is_requeued(tmp_path, monkeypatch):
@@ -118,13 +126,13 @@ def test_interrupted_trial_is_requeued(tmp_path, monkeypatch):
 def test_joining_with_another_config_is_refused(tmp_path):
     s = setup_from(tmp_path, {"trials": 1})
     study, st, _ = open_tmp_study(tmp_path, s)
-    other = setup_from(tmp_path, overrides=["search.steps=7"])
+    other = setup_from(tmp_path, overrides=["search.alpha_steps=7"])
     # nothing computed yet: the other config replaces the empty study
     _, _, created = open_tmp_study(tmp_path, other)
     assert created
     study, st, _ = open_tmp_study(tmp_path, s)  # and back (still empty)
     run_study(s, study, st, tmp_path / "out")
-    with pytest.raises(UsageError, match=r"different config .*first difference: search\.steps"):
+    with pytest.raises(UsageError, match=r"different config .*first difference: search\.alpha_steps"):
         open_tmp_study(tmp_path, other)
     # the hpo budget may change
     open_tmp_study(tmp_path, setup_from(tmp_path, {"trials": 5}))
@@ -182,7 +190,7 @@ def test_killed_trials_carry_a_reason_and_references_count_once(tmp_path):
     from nas.study.summary import summarize_study
 
     summary = summarize_study(study, "test", base=tmp_path / "out")
-    assert "1 reference trials" in summary.header()[0]
+    assert "1 reference architectures" in summary.header()[0]
     row = summary.trials.iloc[0]
     assert row["fail_reason"].startswith("killed")
     # the study's user attributes stay short (readable in `optuna studies`)

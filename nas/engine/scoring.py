@@ -1,0 +1,234 @@
+"""One fair, noise-aware score for every architecture, searched or reference.
+
+An architecture is scored by training its fixed network stand-alone from scratch
+(:class:`nas.config.ScoreConfig`: ``steps`` Adam steps, cosine learning rate) on the train split
+and measuring PSNR (dB, the task's convention) on the held-out *score* split - images neither the
+supernet's weights nor its logits have seen. Scoring runs use common random numbers: seed ``s``
+fixes the initialisation of the layers every architecture shares (the backbone is built first),
+the stream of training patches and the evaluation crops, so the difference between two
+architectures under one seed is not blurred by different draws. A score is a function of
+(architecture, protocol, seed) only - not of how a supernet happened to be trained - so trials
+that derive the same architecture report the same PSNR, and the reference architectures are on
+exactly the same footing as searched ones. Scores are cached by that key (:class:`ScoreCache`).
+
+Noise: the spread of one architecture's scores over seeds (:func:`pooled_seed_sd` over many
+architectures), and the paired difference to the plain backbone under the same seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from nas.config import Config
+from nas.engine.network import build_fixed, canonical_arch
+from nas.errors import DivergedError
+from nas.restoration.data import PairedImage, PatchSampler, make_pairs, split_data
+from nas.restoration.evaluate import psnr_on_centre_crops
+from search_spaces.space import SearchSpace
+
+
+@dataclass
+class SplitPairs:
+    """The paired images of the three splits (see :func:`nas.restoration.data.split_data`).
+
+    Attributes:
+        train: weight steps (supernet and scoring runs).
+        val: alpha steps.
+        score: scoring only.
+    """
+
+    train: list[PairedImage]
+    val: list[PairedImage]
+    score: list[PairedImage]
+
+
+def load_splits(cfg: Config) -> SplitPairs:
+    """Load the configured images, split them and degrade them (memoised per process).
+
+    Raises:
+        UsageError: unreadable images, too few images for the splits.
+    """
+    key = json.dumps({"data": _split_fields(cfg), "task": cfg.task.to_dict()}, sort_keys=True)
+    return _load_splits(key)
+
+
+def _split_fields(cfg: Config) -> dict:
+    """The data fields that decide the images of each split."""
+    d = cfg.to_dict()["data"]
+    return {k: d[k] for k in ("source", "images", "val_fraction", "score_fraction", "groups",
+                              "split_seed")}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_splits(key: str) -> SplitPairs:
+    from nas.config import config_from_dict
+
+    k = json.loads(key)
+    cfg = config_from_dict({"data": k["data"], "task": k["task"]})
+    d = cfg.data
+    images = d.load()
+    train, val, score = split_data(list(images), d.val_fraction, d.score_fraction, d.split_seed,
+                                   d.split_groups())
+
+    def pairs(names):
+        return make_pairs({n: images[n] for n in names}, cfg.task, d.split_seed)
+
+    return SplitPairs(pairs(train), pairs(val), pairs(score) if score else pairs(val))
+
+
+def arch_key(arch: Mapping[str, Any]) -> str:
+    """A short stable key of a canonical architecture (16 hex digits of its SHA-256)."""
+    return hashlib.sha256(json.dumps(dict(arch), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def protocol_key(cfg: Config) -> str:
+    """A short key of everything that shapes a score besides the architecture and the seed: the
+    task, the data and its splits, the backbone and operator settings, the ``score`` block."""
+    d = cfg.to_dict()
+    score = {k: v for k, v in d["score"].items() if k not in ("seeds", "noise_seeds")}
+    what = {"task": d["task"], "data": _split_fields(cfg), "score": score,
+            "backbone": d["space"]["backbone"], "op_config": d["space"]["op_config"]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Score:
+    """One scoring run.
+
+    Attributes:
+        psnr_db: PSNR (dB) on the score split, the task's convention.
+        seed: the scoring seed.
+        seconds: wall time of the run (training and evaluation), seconds.
+    """
+
+    psnr_db: float
+    seed: int
+    seconds: float
+
+
+def score_architecture(cfg: Config, space: SearchSpace, arch: Mapping[str, Any], seed: int,
+                       device: torch.device | str = "cpu",
+                       splits: SplitPairs | None = None) -> Score:
+    """Train ``arch`` stand-alone with scoring seed ``seed`` and score it (module docstring).
+
+    Args:
+        cfg: the config (its ``task``, ``data``, ``score`` and ``search.amp`` are used).
+        space: the search space the labels refer to.
+        arch: the architecture ``{label: value}``.
+        seed: the scoring seed (common random numbers across architectures).
+        device: torch device.
+        splits: the loaded splits (default: :func:`load_splits`).
+
+    Returns:
+        The :class:`Score`.
+
+    Raises:
+        DivergedError: the training loss became NaN or infinite.
+    """
+    sc = cfg.score
+    splits = splits or load_splits(cfg)
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    rng = torch.get_rng_state()
+    try:
+        torch.manual_seed(10007 * seed + 1)
+        net = build_fixed(space, cfg.task, canonical_arch(space, space.validate(arch))).to(device)
+        sampler = PatchSampler(splits.train, cfg.task, sc.patch_size, seed=10007 * seed + 2)
+        opt = torch.optim.Adam(net.parameters(), lr=sc.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=sc.steps, eta_min=sc.lr * 0.1)
+        use_amp = cfg.search.amp and device.type == "cuda"
+        net.train()
+        for step in range(sc.steps):
+            lq, hr = (t.to(device) for t in sampler.sample(sc.batch_size))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                out = net(lq)
+            loss = F.l1_loss(out.float(), hr)
+            if not torch.isfinite(loss):
+                raise DivergedError(f"scoring step {step}: L1 is {float(loss)}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+        psnr = psnr_on_centre_crops(net, splits.score, cfg.task, sc.max_eval_side,
+                                    lambda t: t.to(device))
+    finally:
+        torch.set_rng_state(rng)
+    return Score(float(psnr), int(seed), time.perf_counter() - t0)
+
+
+class ScoreCache:
+    """Scores by (protocol, architecture, seed).
+
+    Args:
+        get: ``key -> dict or None`` (e.g. a study's system attributes).
+        put: ``(key, dict) -> None``.
+
+    The default keeps the scores in memory (one process).
+    """
+
+    def __init__(self, get: Callable[[str], dict | None] | None = None,
+                 put: Callable[[str, dict], None] | None = None) -> None:
+        self._mem: dict[str, dict] = {}
+        self._get = get or self._mem.get
+        self._put = put or self._mem.__setitem__
+
+    @staticmethod
+    def key(protocol: str, arch: Mapping[str, Any], seed: int) -> str:
+        """``score:<protocol>:<arch>:<seed>``."""
+        return f"score:{protocol}:{arch_key(arch)}:{int(seed)}"
+
+    def scores(self, cfg: Config, space: SearchSpace, arch: Mapping[str, Any],
+               seeds: Sequence[int], device: torch.device | str = "cpu",
+               on_run: Callable[[Score], None] | None = None) -> list[Score]:
+        """The scores of ``arch`` for ``seeds``, running the missing ones.
+
+        Raises:
+            DivergedError: a scoring run diverged.
+        """
+        arch = canonical_arch(space, space.validate(arch))
+        proto = protocol_key(cfg)
+        out = []
+        for seed in seeds:
+            k = self.key(proto, arch, seed)
+            hit = self._get(k)
+            if hit is None:
+                s = score_architecture(cfg, space, arch, seed, device)
+                self._put(k, {"psnr_db": s.psnr_db, "seconds": round(s.seconds, 3)})
+                if on_run is not None:
+                    on_run(s)
+                out.append(s)
+            else:
+                out.append(Score(float(hit["psnr_db"]), int(seed), float(hit.get("seconds", 0))))
+        return out
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (``sd / sqrt(n)``, ``nan`` for one value)."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, math.nan
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return m, sd / math.sqrt(n)
+
+
+def pooled_seed_sd(per_arch: Sequence[Sequence[float]]) -> float:
+    """Pooled standard deviation of one architecture's score over seeds (dB), from every
+    architecture scored with at least two seeds (``nan`` if none)."""
+    ss, dof = 0.0, 0
+    for vals in per_arch:
+        if len(vals) >= 2:
+            m = sum(vals) / len(vals)
+            ss += sum((v - m) ** 2 for v in vals)
+            dof += len(vals) - 1
+    return math.sqrt(ss / dof) if dof else math.nan
