@@ -25,6 +25,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from search_spaces.operators.acla_sampling import bilinear_gather_flop
+
 aten = torch.ops.aten
 
 GRID_SAMPLE_MACS_PER_VALUE = 4
@@ -54,6 +56,7 @@ EXTRA_FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
     aten._log_softmax: _softmax_flop,
     aten._safe_softmax: _softmax_flop,
     aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop,
+    torch.ops.acla_nas.bilinear_gather: bilinear_gather_flop,
 }
 
 
