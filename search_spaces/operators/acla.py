@@ -377,7 +377,7 @@ class ACLA(AttentionOp):
         if self.training:
             tiny = torch.finfo(m.dtype).tiny
             u = torch.rand_like(m).clamp_(tiny, 1.0 - torch.finfo(m.dtype).eps)
-            score = m + (torch.log(u) - torch.log1p(-u))  # logistic noise = difference of Gumbels
+            score = m + torch.logit(u)  # logistic noise (a difference of two Gumbels)
         else:
             score = m
         with torch.no_grad():
@@ -389,8 +389,8 @@ class ACLA(AttentionOp):
                    dy: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None,
                    probe: bool) -> torch.Tensor:
         """``Σ_{l,k} a_lk · Bilinear(Conv_refer(F_l), p + Δ_lk)`` as ``(B, C, H, W)`` (a view of a
-        channels-last result), by :func:`bilinear_gather`: the value projection as one matmul per
-        used reference on channels-last views, the maps stacked with a zero border, then one
+        channels-last result), by :func:`bilinear_gather`: the value projection per used
+        reference, the maps stacked channels-last with a zero border, then one
         sparse gather-and-reduce over the kept (query, slot) pairs whose footprint overlaps the
         map (``probe``: weight gradient of dropped pairs, for the straight-through estimator)."""
         if self.sampler == "grid_sample":
@@ -398,9 +398,8 @@ class ACLA(AttentionOp):
         if self.sampler != "sparse":
             raise ValueError(f"ACLA.sampler must be 'sparse' or 'grid_sample', got {self.sampler!r}")
         used = [(r, k) for r, k in zip(refs, active) if k > 0]
-        wgt = self.conv_refer.weight.flatten(1)
-        vals = [F.linear(r.permute(0, 2, 3, 1), wgt, self.conv_refer.bias) for r, _ in used]
-        values = bordered(vals, compute_dtype(vals[0].dtype))
+        vals = [self.conv_refer(r).permute(0, 2, 3, 1) for r, _ in used]
+        values = bordered(vals, compute_dtype(vals[0].dtype))  # one transposing copy per map
 
         def slot_last(t: torch.Tensor) -> torch.Tensor:  # (B, S, H, W) -> (B, H, W, S) copy
             return t.permute(0, 2, 3, 1).contiguous()

@@ -156,11 +156,18 @@ def corner_plan(dx: Tensor, dy: Tensor, keys: Sequence[int], dtype: torch.dtype 
 
 
 # ---------------------------------------------------------------------------------- kernels
+_CSR_WARNED = False
+
+
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
     """A CSR matrix (columns need not be sorted within a row; duplicates add up)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+    global _CSR_WARNED
+    if not _CSR_WARNED:  # PyTorch warns once per process that CSR support is in beta
+        _CSR_WARNED = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
 def _index_dtype(*sizes: int) -> torch.dtype:
