@@ -389,8 +389,8 @@ class ACLA(AttentionOp):
                    dy: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None,
                    probe: bool) -> torch.Tensor:
         """``Σ_{l,k} a_lk · Bilinear(Conv_refer(F_l), p + Δ_lk)`` as ``(B, C, H, W)`` (a view of a
-        channels-last result), by :func:`bilinear_gather`: the value projection per used
-        reference, the maps stacked channels-last with a zero border, then one
+        channels-last result), by :func:`bilinear_gather`: the value projection as a matmul on
+        the channels-last view of each used reference, the maps stacked with a zero border, then one
         sparse gather-and-reduce over the kept (query, slot) pairs whose footprint overlaps the
         map (``probe``: weight gradient of dropped pairs, for the straight-through estimator)."""
         if self.sampler == "grid_sample":
@@ -398,8 +398,9 @@ class ACLA(AttentionOp):
         if self.sampler != "sparse":
             raise ValueError(f"ACLA.sampler must be 'sparse' or 'grid_sample', got {self.sampler!r}")
         used = [(r, k) for r, k in zip(refs, active) if k > 0]
-        vals = [self.conv_refer(r).permute(0, 2, 3, 1) for r, _ in used]
-        values = bordered(vals, compute_dtype(vals[0].dtype))  # one transposing copy per map
+        wgt = self.conv_refer.weight.flatten(1)
+        vals = [F.linear(r.permute(0, 2, 3, 1), wgt, self.conv_refer.bias) for r, _ in used]
+        values = bordered(vals, compute_dtype(vals[0].dtype))
 
         def slot_last(t: torch.Tensor) -> torch.Tensor:  # (B, S, H, W) -> (B, H, W, S) copy
             return t.permute(0, 2, 3, 1).contiguous()
@@ -519,7 +520,10 @@ class ACLA(AttentionOp):
         agg = self.attend(x, refs, active_keys, key_mask).agg
         if agg is None:
             return x
-        return x + self.proj(agg)
+        # Proj as a matmul on the channels-last view (agg is stored channels-last): no layout
+        # copy of agg in the forward nor of its gradient in the backward
+        y = F.linear(agg.permute(0, 2, 3, 1), self.proj.weight.flatten(1), self.proj.bias)
+        return x + y.permute(0, 3, 1, 2)
 
     # ----------------------------------------------------------------------------- cost
     @classmethod
