@@ -21,7 +21,9 @@ weight step on a batch, then one alpha step on another batch, as the search does
 alpha step: L1 + linear FLOPs penalty on E[F]; Adam for both), with the architecture pinned:
 every point ``skip`` (the plain backbone) versus ACLA at every point reading ``k`` keys from every
 reference, for each ``k > 0`` of the space. It writes ``results/bench/search_step.csv`` with
-columns ``arch, keys_per_ref, device, step_ms, ratio_vs_skip, peak_mem_mb, gflops_per_image``.
+columns ``arch, keys_per_ref, device, step_ms, ratio_vs_skip, peak_mem_mb, gflops_720p`` (the
+last: FLOPs of the pinned network per image at the cost model's reference size, a 1280x720
+output, from ``Supernet.cost.exact``).
 
 Method:
 
@@ -98,7 +100,7 @@ COLUMNS = ["op", "size", "hw", "device", "keys", "fwd_bwd_ms", "peak_mem_mb", "a
            "gflops_per_s", "gflops_per_s_rule", "ratio_time_vs_nla", "ratio_mem_vs_nla",
            "ratio_time_vs_rela", "note"]
 STEP_COLUMNS = ["arch", "keys_per_ref", "device", "step_ms", "ratio_vs_skip", "peak_mem_mb",
-                "gflops_per_image"]
+                "gflops_720p"]
 #: the stated convention for achieved GFLOP/s (written into the CSV)
 GFLOPS_RULE = "3 x forward analytic FLOPs (FLOPs = 2 x MACs) / fwd_bwd_ms"
 FWD_BWD_FACTOR = 3
@@ -323,7 +325,7 @@ def search_step_rows(config_path: Path, device: torch.device, repeats: int, seed
                      "keys_per_ref": k, "device": dev_name, "step_ms": round(1e3 * t, 2),
                      "ratio_vs_skip": round(t / t_skip, 4),
                      "peak_mem_mb": round(peak_memory_mb(step, clear, device), 2),
-                     "gflops_per_image": round(sn.cost.exact(arch) / 1e9, 4)})
+                     "gflops_720p": round(sn.cost.exact(arch) / 1e9, 4)})
     return rows
 
 
@@ -404,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {step_path} ({time.perf_counter() - t0:.0f} s)")
         for r in step_rows:
             print(f"  {r['arch']:22s} {r['step_ms']:9.1f} ms  x{r['ratio_vs_skip']:.3f}  "
-                  f"{r['peak_mem_mb']:8.1f} MiB  {r['gflops_per_image']:.3f} GFLOPs/image")
+                  f"{r['peak_mem_mb']:8.1f} MiB  {r['gflops_720p']:.3f} GFLOPs at 720p")
     return 0
 
 
