@@ -28,9 +28,11 @@ output, from ``Supernet.cost.exact``).
 Method:
 
 * Time (table 1): one forward + ``backward(grad)`` of a fixed random output gradient (parameter
-  gradients cleared before each step), ``--warmup`` untimed steps, then the median of
+  gradients cleared before each step), ``--warmup`` untimed rounds, then the median of
   ``--repeats`` timed steps (3 when one step takes longer than 5 s), with
-  ``torch.cuda.synchronize`` on CUDA.
+  ``torch.cuda.synchronize`` on CUDA. The operators of one size are timed in interleaved
+  rounds (one step of each per round), so that a slow phase of a shared machine hits all of
+  them alike and the ratios at a size stay meaningful.
 * Time (table 2): the architectures are timed in interleaved rounds (one step of each per round,
   ``--step-repeats`` rounds after 2 warm-up rounds), median per architecture, so that a slow
   phase of a shared machine hits all of them alike. Inputs are uniform random images of the
@@ -83,7 +85,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nas.benchmark import peak_memory_mb, sync, time_step  # noqa: E402
+from nas.benchmark import peak_memory_mb, sync  # noqa: E402
 from search_spaces.operators import OPERATORS  # noqa: E402
 
 #: benchmark name -> (registered operator, num_refs, constructor config, ACLA sampler or None).
@@ -159,6 +161,31 @@ def build(name: str, channels: int, size: int, device: torch.device, keys: int =
         module(x, refs).backward(grad)
 
     return clear, step
+
+
+def interleaved_ms(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int,
+                   repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of each step, timed in interleaved rounds (one step of every entry
+    per round, after ``warmup`` untimed rounds) so that slow phases of a shared machine hit all
+    entries alike; an entry whose warm-up step takes more than 5 s gets 3 timed steps only."""
+    slow = set()
+    for _ in range(max(warmup, 1)):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            if time.perf_counter() - t0 > 5.0:
+                slow.add(name)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(repeats):
+        for name, step in steps.items():
+            if name in slow and r >= 3:
+                continue
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
 def nla_skip_reason(size: int, cap_gib: float) -> str | None:
@@ -344,10 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     t_start = time.perf_counter()
     for size in args.sizes:
+        size_rows, built, exact = [], {}, {}
         for name in args.ops:
             op, num_refs, cfg, _ = op_config(name, args.keys)
             flops_cfg = {**cfg, "num_refs": num_refs} if num_refs else cfg
-            gflops = OPERATORS.get(op).flops(args.channels, size, size, flops_cfg) / 1e9
+            gflops = exact[name] = OPERATORS.get(op).flops(args.channels, size, size,
+                                                           flops_cfg) / 1e9
             row = {"op": name, "size": size, "hw": size * size, "device": dev_name,
                    "keys": args.keys if op == "acla" else "", "fwd_bwd_ms": "",
                    "peak_mem_mb": "", "analytic_gflops": round(gflops, 4), "gflops_per_s": "",
@@ -357,18 +386,24 @@ def main(argv: list[str] | None = None) -> int:
             if reason:
                 row["note"] = reason
             else:
-                clear, step = build(name, args.channels, size, device, args.keys)
-                ms = time_step(step, device, args.warmup, args.repeats)
-                row["fwd_bwd_ms"] = round(ms, 3)
-                row["gflops_per_s"] = round(FWD_BWD_FACTOR * gflops / (ms / 1e3), 3)
+                built[name] = build(name, args.channels, size, device, args.keys)
+            size_rows.append(row)
+        times = interleaved_ms({n: st for n, (_, st) in built.items()}, device, args.warmup,
+                               args.repeats)
+        for row in size_rows:
+            name = row["op"]
+            if name in built:
+                clear, step = built[name]
+                row["fwd_bwd_ms"] = round(times[name], 3)
+                row["gflops_per_s"] = round(FWD_BWD_FACTOR * exact[name] / (times[name] / 1e3), 3)
                 row["peak_mem_mb"] = round(peak_memory_mb(step, clear, device), 2)
-                del clear, step
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            rows.append(row)
             print(f"{name:16s} {size:4d}^2  time {row['fwd_bwd_ms']!s:>10} ms  "
-                  f"mem {row['peak_mem_mb']!s:>9} MiB  {gflops:8.3f} GFLOPs  "
+                  f"mem {row['peak_mem_mb']!s:>9} MiB  {exact[name]:8.3f} GFLOPs  "
                   f"{row['gflops_per_s']!s:>8} GFLOP/s  {row['note']}", flush=True)
+        rows += size_rows
+        del built
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     for row in rows:
         for ref_op, key in (("nla", "ratio_time_vs_nla"), ("rela", "ratio_time_vs_rela")):
             ref = next((r for r in rows if r["op"] == ref_op and r["size"] == row["size"]), None)
