@@ -540,7 +540,10 @@ class ACLA(AttentionOp):
             weighted sum  2·N·C·S                  (bmm)
             projection    2·N·C²
 
-        and 0 when ``S = 0`` (the module returns ``x``).
+        and 0 when ``S = 0`` (the module returns ``x``). The sampling and weighted-sum terms are
+        charged for every active slot on both paths: on the sparse path (default) they are the
+        count registered for ``acla_nas::bilinear_gather``, which samples only the kept slots
+        inside the map; on the ``grid_sample`` path they are ``grid_sampler_2d`` and ``bmm``.
 
         Args:
             channels: C.
