@@ -8,11 +8,11 @@ query alone (Deformable-DETR style, as in the public ``CL_Attention``/``ACL_Atte
     A      = Conv1x1_{C→S}(X)                     one attention logit per slot
     M      = Conv1x1_{C→S}(X)                     one keep/drop logit per slot (adaptive only)
     V_l    = Conv1x1_{C→C}(F_l)                   one projection shared by all references
-    S_lk(p)= Bilinear(V_l, p + Δ_{l,k}(p))        F.grid_sample, zero padding
+    S_lk(p)= Bilinear(V_l, p + Δ_{l,k}(p))        zero padding (as F.grid_sample)
     a(p)   = Softmax_{(l,k) kept}(A(p))           one softmax over all kept slots jointly
     Y      = X + Proj(Σ_{l,k} a_lk · S_lk)         Proj: zero-initialised 1x1 conv
 
-Fixes relative to the released code (``docs/operators.md``, ACLA): the offset of slot ``s`` is read from
+Fixes relative to the released code (``docs/operators.md``): the offset of slot ``s`` is read from
 channels ``2s, 2s+1`` (not ``s, s+1``); the softmax normalises over the key slots (not over
 ``W``); masked keys are *removed* from the softmax (``-inf`` logits) instead of being
 down-weighted by a multiplicative mask on the logits; no tensor is created on the CPU in
@@ -28,6 +28,12 @@ per-slot conv (rows ``2s, 2s+1`` of ``conv_offset``, row ``s`` of ``conv_logit``
 ``forward(..., active_keys=[k_1, ..., k_L])`` uses only the first ``k_l`` slots of reference
 ``l`` (0 skips the reference), and :meth:`ACLA.sliced` / :meth:`ACLA.sliced_state_dict` build the
 equivalent stand-alone module.
+
+Implementation: the sampling and the weighted sum run as one sparse gather-and-reduce over the
+kept (query, slot) pairs (:mod:`search_spaces.operators.acla_sampling`); dropped keys and points
+whose bilinear footprint misses the map are not sampled. ``ACLA.sampler = "grid_sample"`` (class
+or instance attribute) selects the previous ``F.grid_sample`` + ``bmm`` path, which samples every
+slot; both compute the same function and count the same FLOPs.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search_spaces.operators.acla_sampling import bilinear_gather, bordered, corner_plan
 from search_spaces.operators.base import (
     OPERATORS,
     AttentionOp,
@@ -122,6 +129,41 @@ class ACLAOutput(NamedTuple):
     keep: torch.Tensor | None
 
 
+class _MaskedSoftmaxST(torch.autograd.Function):
+    """Softmax over the kept slots (dim 1) with the straight-through gradient of the keep mask.
+
+    Forward: ``w = softmax(logits masked to -inf where not kept)``; dropped slots weigh exactly 0.
+    Backward, with ``G = dL/dw`` and ``t = G - Σ_i w_i G_i``:
+
+    * ``dL/dlogits = w · t`` (the masked softmax's own gradient);
+    * ``dL/dscore_s = r_s · t_s · sigmoid'(score_s / tau) / tau`` for kept *and* dropped ``s``,
+      ``r_s = exp(min(logit_s - logsumexp_kept(logits), ST_LOG_CLAMP))``: the gradient at
+      ``m = keep`` of the renormalised relaxation ``w_i = m_i e_i / Σ_j m_j e_j`` with
+      ``m = sigmoid(score / tau)`` (straight-through).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, keep, score, tau):
+        masked = logits.masked_fill(~keep, float("-inf"))
+        w = torch.softmax(masked, dim=1)
+        ctx.save_for_backward(logits, masked, w, score)
+        ctx.tau = tau
+        return w
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, masked, w, score = ctx.saved_tensors
+        t = grad - (grad * w).sum(dim=1, keepdim=True)
+        g_logits = w * t if ctx.needs_input_grad[0] else None
+        g_score = None
+        if ctx.needs_input_grad[2]:
+            lse = torch.logsumexp(masked, dim=1, keepdim=True)
+            r = torch.exp((logits - lse).clamp_(max=ST_LOG_CLAMP))
+            sig = torch.sigmoid(score / ctx.tau)
+            g_score = r.mul_(t).mul_(sig * (1.0 - sig)).div_(ctx.tau)
+        return g_logits, None, g_score, None
+
+
 @OPERATORS.register("acla")
 class ACLA(AttentionOp):
     """Adaptive Cross-Layer Attention (arXiv 2203.03619 §3; public ``CLA``/``ACL_Attention``).
@@ -156,6 +198,9 @@ class ACLA(AttentionOp):
     """
 
     uses_refs = True
+    #: sampling implementation: ``"sparse"`` (default) or ``"grid_sample"`` (the previous path,
+    #: kept for comparisons, e.g. on CUDA); settable on the class or on an instance.
+    sampler = "sparse"
 
     def __init__(
         self,
@@ -313,11 +358,17 @@ class ACLA(AttentionOp):
         return new
 
     # ----------------------------------------------------------------------------- forward
-    def _query_conv(self, x: torch.Tensor, ranges: list[tuple[int, int]]):
-        """One 1x1 conv giving offsets ``(B, 2S, H, W)``, logits and mask logits ``(B, S, H, W)``
-        of the active slots (the per-slot rows of the three convs concatenated)."""
-        ws = [self.conv_offset.weight[2 * a:2 * b] for a, b in ranges]
-        bs = [self.conv_offset.bias[2 * a:2 * b] for a, b in ranges]
+    def _query(self, x: torch.Tensor, ranges: list[tuple[int, int]]):
+        """One 1x1 conv of the queries (the per-slot rows of ``conv_offset``, ``conv_logit`` and
+        ``conv_mask`` concatenated, offsets reordered to all ``dx`` then all ``dy``).
+
+        Returns:
+            ``(dx, dy, logits, mask_logits)``, each ``(B, S, H, W)`` (``mask_logits`` is ``None``
+            for a non-adaptive module).
+        """
+        off_w, off_b = self.conv_offset.weight, self.conv_offset.bias
+        ws = [off_w[2 * a:2 * b:2] for a, b in ranges] + [off_w[2 * a + 1:2 * b:2] for a, b in ranges]
+        bs = [off_b[2 * a:2 * b:2] for a, b in ranges] + [off_b[2 * a + 1:2 * b:2] for a, b in ranges]
         ws += [self.conv_logit.weight[a:b] for a, b in ranges]
         bs += [self.conv_logit.bias[a:b] for a, b in ranges]
         if self.conv_mask is not None:
@@ -325,45 +376,66 @@ class ACLA(AttentionOp):
             bs += [self.conv_mask.bias[a:b] for a, b in ranges]
         q = F.conv2d(x, torch.cat(ws), torch.cat(bs))
         s = sum(b - a for a, b in ranges)
-        offsets, logits = q[:, :2 * s], q[:, 2 * s:3 * s]
-        mask_logits = q[:, 3 * s:] if self.conv_mask is not None else None
-        return offsets, logits, mask_logits
+        parts = q.split(s, dim=1)  # one split: its backward is one concatenation
+        return parts[0], parts[1], parts[2], (parts[3] if len(parts) > 3 else None)
 
-    def _keep_mask(self, mask_logits: torch.Tensor):
-        """Hard keep mask ``(B, S, H, W)`` and the zero-valued straight-through carrier (or
-        ``None`` when no gradient is needed)."""
+    def _keep_mask(self, mask_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hard keep mask ``(B, S, H, W)`` and the score it thresholds (mask logit + logistic
+        noise in training, the mask logit in eval)."""
         m = mask_logits.to(compute_dtype(mask_logits.dtype))
         if self.training:
             tiny = torch.finfo(m.dtype).tiny
             u = torch.rand_like(m).clamp_(tiny, 1.0 - torch.finfo(m.dtype).eps)
-            score = m + (torch.log(u) - torch.log1p(-u))  # logistic noise = difference of Gumbels
+            score = m + torch.logit(u)  # logistic noise (a difference of two Gumbels)
         else:
             score = m
-        keep = score > 0
-        keep = keep | (score == score.amax(dim=1, keepdim=True))  # at least one key per query
-        carrier = None
-        if torch.is_grad_enabled() and m.requires_grad:
-            soft = torch.sigmoid(score / self.tau)
-            carrier = soft - soft.detach()  # exactly 0 in value, d/dM = sigmoid'(score/tau)/tau
-        return keep, carrier
+        with torch.no_grad():
+            keep = score > 0
+            keep |= score == score.amax(dim=1, keepdim=True)  # at least one key per query
+        return keep, score
 
-    def _aggregate(self, refs: Sequence[torch.Tensor], active: Sequence[int],
-                   offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``Σ_{l,k} a_lk · Bilinear(Conv_refer(F_l), p + Δ_lk)`` as ``(B, C, H·W)``.
+    def _aggregate(self, refs: Sequence[torch.Tensor], active: Sequence[int], dx: torch.Tensor,
+                   dy: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None,
+                   probe: bool) -> torch.Tensor:
+        """``Σ_{l,k} a_lk · Bilinear(Conv_refer(F_l), p + Δ_lk)`` as ``(B, C, H, W)`` (a view of a
+        channels-last result), by :func:`bilinear_gather`: the value projection as a matmul on
+        the channels-last view of each used reference, the maps stacked with a zero border, then one
+        sparse gather-and-reduce over the kept (query, slot) pairs whose footprint overlaps the
+        map (``probe``: weight gradient of dropped pairs, for the straight-through estimator)."""
+        if self.sampler == "grid_sample":
+            return self._aggregate_grid_sample(refs, active, dx, dy, weights)
+        if self.sampler != "sparse":
+            raise ValueError(f"ACLA.sampler must be 'sparse' or 'grid_sample', got {self.sampler!r}")
+        used = [(r, k) for r, k in zip(refs, active) if k > 0]
+        wgt = self.conv_refer.weight.flatten(1)
+        vals = [F.linear(r.permute(0, 2, 3, 1), wgt, self.conv_refer.bias) for r, _ in used]
+        values = bordered(vals, compute_dtype(vals[0].dtype))
 
-        Per used reference: one 1x1 projection, one ``F.grid_sample`` with a ``(B, H·W, k_l, 2)``
-        grid giving pixel-major samples ``(B, C, H·W, k_l)``, and one batched matrix-vector
-        product with the slot weights (``bmm``, batch ``B·H·W``); the references are summed.
-        """
-        b, _, h, w = offsets.shape
-        n = h * w
-        gdt = compute_dtype(offsets.dtype)
-        off = offsets.to(gdt).view(b, -1, 2, n).permute(0, 3, 1, 2)     # (B, N, S, 2) = (dx, dy)
-        pix = torch.arange(n, device=offsets.device)
-        base = torch.stack([pix % w, torch.div(pix, w, rounding_mode="floor")], dim=-1).to(gdt)
-        pos = 2.0 * (base[None, :, None, :] + off) + 1.0
-        grid = torch.stack([pos[..., 0] / w, pos[..., 1] / h], dim=-1) - 1.0  # align_corners=False
-        wp = weights.to(gdt).flatten(2).transpose(1, 2).unsqueeze(-1)     # (B, N, S, 1)
+        def slot_last(t: torch.Tensor) -> torch.Tensor:  # (B, S, H, W) -> (B, H, W, S) copy
+            return t.permute(0, 2, 3, 1).contiguous()
+
+        base, fx, fy, inside = corner_plan(slot_last(dx), slot_last(dy), [k for _, k in used],
+                                           weights.dtype)
+        sampled = inside if keep is None else slot_last(keep) & inside
+        out = bilinear_gather(values, base, fx, fy, slot_last(weights), sampled, probe)
+        return out.permute(0, 3, 1, 2)
+
+    def _aggregate_grid_sample(self, refs: Sequence[torch.Tensor], active: Sequence[int],
+                               dx: torch.Tensor, dy: torch.Tensor,
+                               weights: torch.Tensor) -> torch.Tensor:
+        """The previous implementation (``ACLA.sampler = "grid_sample"``, kept for comparisons,
+        e.g. on CUDA): per used reference one 1x1 projection, one ``F.grid_sample`` with a
+        ``(B, H·W, k_l, 2)`` grid giving pixel-major samples ``(B, C, H·W, k_l)``, and one batched
+        matrix-vector product with the slot weights (``bmm``, batch ``B·H·W``); the references
+        are summed. Every slot is sampled, kept or not. Returns ``(B, C, H, W)``."""
+        b, s, h, w = weights.shape
+        gdt = compute_dtype(dx.dtype)
+        cols = torch.arange(w, device=dx.device, dtype=gdt)
+        rows = torch.arange(h, device=dx.device, dtype=gdt)[:, None]
+        gx = (2.0 * (dx.to(gdt) + cols) + 1.0) / w - 1.0  # align_corners=False
+        gy = (2.0 * (dy.to(gdt) + rows) + 1.0) / h - 1.0
+        grid = torch.stack([gx, gy], dim=-1).view(b, s, h * w, 2).transpose(1, 2)  # (B, N, S, 2)
+        wp = weights.to(gdt).flatten(2).transpose(1, 2).unsqueeze(-1)  # (B, N, S, 1)
         agg = None
         start = 0
         for ref, k in zip(refs, active):
@@ -376,7 +448,7 @@ class ACLA(AttentionOp):
             part = torch.matmul(samples.transpose(1, 2), wp[:, :, start:start + k])  # bmm
             agg = part if agg is None else agg + part                     # (B, N, C, 1)
             start += k
-        return agg.squeeze(-1).transpose(1, 2)
+        return agg.squeeze(-1).transpose(1, 2).reshape(b, -1, h, w)
 
     def attend(
         self,
@@ -410,8 +482,8 @@ class ACLA(AttentionOp):
             return ACLAOutput(None, None, None)
         b, _, h, w = x.shape
         s = sum(active)
-        offsets, logits, mask_logits = self._query_conv(x, ranges)
-        carrier = None
+        dx, dy, logits, mask_logits = self._query(x, ranges)
+        score = None
         if key_mask is not None:
             if key_mask.shape != (b, s, h, w) or key_mask.dtype != torch.bool:
                 raise ValueError(f"key_mask must be a bool tensor of shape {(b, s, h, w)}, got "
@@ -420,22 +492,17 @@ class ACLA(AttentionOp):
                 raise ValueError("key_mask must keep at least one slot for every query")
             keep = key_mask
         elif mask_logits is not None:
-            keep, carrier = self._keep_mask(mask_logits)
+            keep, score = self._keep_mask(mask_logits)
         else:
             keep = None
         logits = logits.to(compute_dtype(logits.dtype))
-        masked = logits if keep is None else logits.masked_fill(~keep, float("-inf"))
-        weights = torch.softmax(masked, dim=1)  # one softmax over all kept (l, k)
-        if carrier is not None:
-            # Straight-through gradient of the renormalised relaxation w_i = m_i e_i / Σ m_j e_j
-            # at m = keep: dw_i/dm_s = δ_is r_s - w_i r_s with r_s = e_s / Σ_kept e_j. Both extra
-            # terms are exactly zero in value (carrier == 0), so the forward value is the masked
-            # softmax itself: dropped slots weigh exactly 0.
-            lse = torch.logsumexp(masked, dim=1, keepdim=True)
-            r = torch.exp((logits - lse).clamp(max=ST_LOG_CLAMP)).detach()
-            rc = r * carrier
-            weights = weights + rc - weights * rc.sum(dim=1, keepdim=True)
-        agg = self._aggregate(refs, active, offsets, weights).reshape(b, -1, h, w)
+        probe = score is not None and torch.is_grad_enabled() and score.requires_grad
+        if probe:
+            weights = _MaskedSoftmaxST.apply(logits, keep, score, self.tau)
+        else:
+            masked = logits if keep is None else logits.masked_fill(~keep, float("-inf"))
+            weights = torch.softmax(masked, dim=1)  # one softmax over all kept (l, k)
+        agg = self._aggregate(refs, active, dx, dy, weights, keep, probe)
         return ACLAOutput(agg.to(x.dtype), weights, keep)
 
     def forward(
@@ -462,7 +529,10 @@ class ACLA(AttentionOp):
         agg = self.attend(x, refs, active_keys, key_mask).agg
         if agg is None:
             return x
-        return x + self.proj(agg)
+        # Proj as a matmul on the channels-last view (agg is stored channels-last): no layout
+        # copy of agg in the forward nor of its gradient in the backward
+        y = F.linear(agg.permute(0, 2, 3, 1), self.proj.weight.flatten(1), self.proj.bias)
+        return x + y.permute(0, 3, 1, 2)
 
     # ----------------------------------------------------------------------------- cost
     @classmethod
@@ -479,7 +549,10 @@ class ACLA(AttentionOp):
             weighted sum  2·N·C·S                  (bmm)
             projection    2·N·C²
 
-        and 0 when ``S = 0`` (the module returns ``x``).
+        and 0 when ``S = 0`` (the module returns ``x``). The sampling and weighted-sum terms are
+        charged for every active slot on both paths: on the sparse path (default) they are the
+        count registered for ``acla_nas::bilinear_gather``, which samples only the kept slots
+        inside the map; on the ``grid_sample`` path they are ``grid_sampler_2d`` and ``bmm``.
 
         Args:
             channels: C.
