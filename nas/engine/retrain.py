@@ -123,7 +123,7 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
                 sr = model(lq)
             loss = F.l1_loss(sr.float(), hr)
             if not torch.isfinite(loss):
-                raise DivergedError(f"retrain step {step}: L1 is {float(loss)}")
+                raise DivergedError(f"retrain step {step}: L1 is {float(loss.detach())}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
