@@ -85,7 +85,7 @@ class _SamplerBatches(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------------- run
 def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None,
             epochs: int | None = None, penalty: bool = False, device: str = "cpu",
-            progress: bool = False):
+            progress: bool = False, cache=None):
     """Search ``cfg``'s space with NNI's ``DARTS`` or ``GumbelDARTS`` and export an ArchSpec.
 
     The budget matches :class:`nas.engine.supernet_search.SupernetSearch`: ``steps`` batches,
@@ -114,6 +114,7 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
             no gradient to alpha (``export_probs()`` returns detached floats).
         device: ``"cpu"`` or ``"cuda"``.
         progress: show Lightning's progress bar.
+        cache: a :class:`nas.engine.scoring.ScoreCache` of known scores (default: a new one).
 
     Returns:
         The :class:`nas.engine.archspec.ArchSpec` (also saved as ``out_dir/arch.json``); its
@@ -253,7 +254,7 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
     from nas.engine.scoring import ScoreCache
     from nas.restoration.evaluate import Convention
 
-    scores = ScoreCache().scores(cfg, space, arch, range(cfg.score.seeds), device=dev)
+    scores = (cache or ScoreCache()).scores(cfg, space, arch, range(cfg.score.seeds), device=dev)
     record_scores(res, out, scores, Convention.for_task(task).describe())
     from nas.engine.archspec import load_archspec
 

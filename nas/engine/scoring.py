@@ -182,6 +182,10 @@ class ScoreCache:
         self._get = get or self._mem.get
         self._put = put or self._mem.__setitem__
 
+    def put(self, key: str, value: dict) -> None:
+        """Store a score under a :meth:`key` (e.g. one known from another run of the protocol)."""
+        self._put(key, value)
+
     @staticmethod
     def key(protocol: str, arch: Mapping[str, Any], seed: int) -> str:
         """``score:<protocol>:<arch>:<seed>``."""

@@ -1,0 +1,308 @@
+"""The ``methods`` and ``report`` stages of ``search_quality.py`` (see its docstring)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from nas.config import load_config
+from nas.engine.scoring import ScoreCache, arch_key, load_splits, protocol_key
+from nas.study import pareto
+from nas.study.objective import study_space
+
+RUN_COLUMNS = ["method", "seed", "arch_key", "own_psnr_db", "gflops", "seconds"]
+PAPER = "paper"
+
+
+def _rows(path: Path) -> list[dict]:
+    from search_quality import read_rows
+
+    return read_rows(path)
+
+
+def _append(path: Path, row: dict, columns=RUN_COLUMNS) -> None:
+    from search_quality import append_row
+
+    append_row(path, columns, row)
+
+
+def ground_truth_table(out: Path) -> dict[str, dict]:
+    """``{arch_key: {"arch", "gflops", "scores": {seed: psnr}, "seconds": [..]}}``."""
+    gt: dict[str, dict] = {}
+    for r in _rows(out / "search_quality_ground_truth.csv"):
+        g = gt.setdefault(r["arch_key"], {"arch": json.loads(r["arch"]), "gflops": float(r["gflops"]),
+                                          "scores": {}, "seconds": []})
+        g["scores"][int(r["seed"])] = float(r["psnr_db"])
+        g["seconds"].append(float(r["seconds"]))
+    for g in gt.values():
+        g["mean"] = statistics.fmean(g["scores"].values())
+    return gt
+
+
+# ---------------------------------------------------------------------------------- methods
+def _ours(args, cfg, seed: int, gt: dict) -> tuple[list[dict], float, float]:
+    """One study of our search; returns (rows, search seconds, Kendall tau of the supernet)."""
+    from nas.study.noise import PROTOCOL_ATTR
+    from nas.study.run import open_study, prepare_study, run_study
+    from nas.study.storage import parse_storage
+
+    c = copy.deepcopy(cfg)
+    c.seed = seed
+    c.hpo = {**c.hpo, "seed": seed}
+    out = args.work / f"ours_s{seed}"
+    setup = prepare_study(c, str(args.config))
+    study, storage, _ = open_study(setup, parse_storage(None, out), f"ours_s{seed}", out)
+    sid = storage.get_study_id_from_name(study.study_name)
+    proto = storage.get_study_system_attrs(sid)[PROTOCOL_ATTR]
+    assert proto == protocol_key(c)
+    for g in gt.values():  # the same protocol: the study would compute exactly these numbers
+        for s, v in g["scores"].items():
+            storage.set_study_system_attr(sid, ScoreCache.key(proto, g["arch"], s),
+                                          {"psnr_db": v, "seconds": 0.0})
+    t0 = time.perf_counter()
+    run_study(setup, study, storage, out)
+    seconds = time.perf_counter() - t0
+    rows = {}
+    for t in study.get_trials():
+        if t.state.name == "COMPLETE":
+            rows[t.user_attrs["arch_key"]] = {"own_psnr_db": t.values[0], "gflops": t.values[1]}
+    from nas.engine.supernet_search import supernet_key
+
+    tau = kendall_of_supernet(c, out / "supernets" / supernet_key(c) / "supernet.pt", gt)
+    return [{"arch_key": k, **v} for k, v in rows.items()], seconds, tau
+
+
+def kendall_of_supernet(cfg, weights: Path, gt: dict) -> float:
+    """Kendall tau between the supernet's ranking of every architecture (validation PSNR with
+    inherited weights, on fixed batches of the alpha split) and the ground-truth means."""
+    from scipy.stats import kendalltau
+
+    from nas.engine.objective import batch_psnr
+    from nas.engine.supernet import Supernet
+    from nas.restoration.data import PatchSampler
+
+    sn = Supernet(cfg.space, cfg.task)
+    sn.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["model"])
+    sn.eval()
+    splits = load_splits(cfg)
+    sampler = PatchSampler(splits.val, cfg.task, cfg.data.patch_size, seed=12345)
+    batches = [sampler.sample(16) for _ in range(8)]
+    pred, true = [], []
+    with torch.no_grad():
+        for g in gt.values():
+            dec = sn.decisions(g["arch"])
+            pred.append(statistics.fmean(batch_psnr(sn(lq, dec), hr) for lq, hr in batches))
+            true.append(g["mean"])
+    return float(kendalltau(pred, true).statistic)
+
+
+def _nni(args, cfg, seed: int, strategy: str, lam: float, gt: dict) -> tuple[dict, float]:
+    from nas.adapters.nni import run_nni
+
+    c = copy.deepcopy(cfg)
+    c.seed = seed
+    c.search.penalty.kind = "linear"
+    c.search.penalty.lam = lam
+    c.search.penalty.target_gflops = None
+    space = study_space(c)
+    cache = ScoreCache()
+    proto = protocol_key(c)
+    for g in gt.values():
+        for s, v in g["scores"].items():
+            cache.put(ScoreCache.key(proto, g["arch"], s), {"psnr_db": v, "seconds": 0.0})
+    t0 = time.perf_counter()
+    spec = run_nni(strategy, c, args.work / f"{strategy}_l{lam:g}_s{seed}", penalty=lam > 0,
+                   cache=cache)
+    seconds = time.perf_counter() - t0
+    arch = canonical(space, spec.choices)
+    k = arch_key(arch)
+    return {"arch_key": k, "own_psnr_db": gt[k]["scores"][0], "gflops": gt[k]["gflops"]}, seconds
+
+
+def canonical(space, arch):
+    from nas.engine.network import canonical_arch
+
+    return canonical_arch(space, space.validate(arch))
+
+
+def run_methods(args) -> None:
+    """Run every method for every search seed (missing ones only)."""
+    torch.set_num_threads(1)
+    cfg = load_config(args.config)
+    gt = ground_truth_table(args.out)
+    if not gt:
+        raise SystemExit("run the ground-truth stage first")
+    runs = args.out / "search_quality_runs.csv"
+    extra = args.out / "search_quality_kendall.csv"
+    done = {(r["method"], int(r["seed"])) for r in _rows(runs)}
+    space = study_space(cfg)
+    paper = {}
+    for p in space:
+        paper[p.op_label()] = "acla"
+        paper.update({p.key_label(r): max(p.keys) for r in p.refs})
+    paper_key = arch_key(canonical(space, paper))
+    score_seconds = statistics.fmean(s for g in gt.values() for s in g["seconds"])
+    args.work.mkdir(parents=True, exist_ok=True)
+    for seed in range(args.search_seeds):
+        if ("ours", seed) not in done:
+            rows, seconds, tau = _ours(args, cfg, seed, gt)
+            for r in rows:
+                _append(runs, {"method": "ours", "seed": seed, **r, "seconds": f"{seconds:.1f}"})
+            _append(extra, {"seed": seed, "kendall_tau": f"{tau:.4f}",
+                            "search_seconds": f"{seconds:.1f}", "archs_scored": len(rows)},
+                    columns=["seed", "kendall_tau", "search_seconds", "archs_scored"])
+            print(f"ours seed {seed}: {len(rows)} architectures, {seconds:.0f} s, tau {tau:.3f}",
+                  flush=True)
+        ours = [r for r in _rows(runs) if r["method"] == "ours" and int(r["seed"]) == seed]
+        if ("random", seed) not in done:
+            # equal compute: ours scored len(ours) architectures and spent its search time on top
+            n = len(ours) + round(float(ours[0]["seconds"]) / score_seconds)
+            rng = random.Random(1000 + seed)
+            keys = sorted(gt)
+            for k in rng.sample(keys, min(n, len(keys))):
+                _append(runs, {"method": "random", "seed": seed, "arch_key": k,
+                               "own_psnr_db": gt[k]["scores"][0], "gflops": gt[k]["gflops"],
+                               "seconds": f"{n * score_seconds:.1f}"})
+            print(f"random seed {seed}: {min(n, len(keys))} architectures", flush=True)
+        if (PAPER, seed) not in done:
+            _append(runs, {"method": PAPER, "seed": seed, "arch_key": paper_key,
+                           "own_psnr_db": gt[paper_key]["scores"][0],
+                           "gflops": gt[paper_key]["gflops"], "seconds": "0"})
+        for strategy in ("darts", "gumbel"):
+            name = f"nni-{strategy}"
+            if (name, seed) in done:
+                continue
+            total = 0.0
+            for lam in args.nni_lambdas:
+                row, seconds = _nni(args, cfg, seed, strategy, lam, gt)
+                total += seconds
+                _append(runs, {"method": name, "seed": seed, **row, "seconds": f"{total:.1f}"})
+            print(f"{name} seed {seed}: {total:.0f} s", flush=True)
+
+
+# ----------------------------------------------------------------------------------- report
+def _hv(points, ref) -> float:
+    return pareto.hypervolume_2d(points, ref) if points else 0.0
+
+
+def report(args) -> None:
+    """The summary table and plot (see the module docstring of search_quality.py)."""
+    import numpy as np
+
+    from nas.engine.scoring import mean_and_se, pooled_seed_sd
+
+    cfg = load_config(args.config)
+    gt = ground_truth_table(args.out)
+    space = study_space(cfg)
+    plain = arch_key(canonical(space, {p.op_label(): "skip" for p in space}))
+    keys = sorted(gt)
+    means = {k: gt[k]["mean"] for k in keys}
+    pts = [(means[k], gt[k]["gflops"]) for k in keys]
+    ref = (min(means.values()) - 0.005, max(g["gflops"] for g in gt.values()) * 1.02)
+    true_front = [k for k, on in zip(keys, pareto.pareto_mask(pts)) if on]
+    hv_true = _hv([(means[k], gt[k]["gflops"]) for k in true_front], ref)
+    # noise: pooled seed SD of one architecture, and of the paired difference to the plain net
+    sd_arch = pooled_seed_sd([list(g["scores"].values()) for g in gt.values()])
+    diffs = [[g["scores"][s] - gt[plain]["scores"][s] for s in g["scores"]] for k, g in gt.items()
+             if k != plain]
+    sd_paired = pooled_seed_sd(diffs)
+    n_seeds = len(gt[plain]["scores"])
+    spread = max(means.values()) - min(means.values())
+    budgets = sorted({g["gflops"] for g in gt.values()})
+    best_at = {b: max(means[k] for k in keys if gt[k]["gflops"] <= b) for b in budgets}
+    runs = _rows(args.out / "search_quality_runs.csv")
+    by: dict[tuple[str, int], list[dict]] = {}
+    for r in runs:
+        by.setdefault((r["method"], int(r["seed"])), []).append(r)
+    per_run = {}
+    for (method, seed), rows in by.items():
+        own = {r["arch_key"]: float(r["own_psnr_db"]) for r in rows}
+        own.setdefault(plain, gt[plain]["scores"][0])  # every method knows the plain backbone
+        ks = list(own)
+        front = [k for k, on in zip(ks, pareto.pareto_mask([(own[k], gt[k]["gflops"]) for k in ks]))
+                 if on]
+        hv = _hv([(means[k], gt[k]["gflops"]) for k in front], ref) / hv_true
+        regrets = []
+        for b in budgets:
+            within = [k for k in ks if gt[k]["gflops"] <= b]
+            pick = max(within, key=lambda k: own[k])
+            regrets.append(best_at[b] - means[pick])
+        per_run[(method, seed)] = {"hv_ratio": hv, "regret": float(np.mean(regrets)),
+                                   "archs": len(ks), "seconds": float(rows[0]["seconds"])}
+    kt = {int(r["seed"]): float(r["kendall_tau"]) for r in
+          _rows(args.out / "search_quality_kendall.csv")}
+    methods = sorted({m for m, _ in per_run}, key=lambda m: (m != "ours", m))
+    table = []
+    rnd = [v["hv_ratio"] for (m, _), v in per_run.items() if m == "random"]
+    for m in methods:
+        vals = [v for (mm, _), v in per_run.items() if mm == m]
+        hv_m, hv_se = mean_and_se([v["hv_ratio"] for v in vals])
+        rg_m, rg_se = mean_and_se([v["regret"] for v in vals])
+        wins = [(a > b) + 0.5 * (a == b) for a in (v["hv_ratio"] for v in vals) for b in rnd]
+        row = {"method": m, "search_seeds": len(vals), "hv_ratio_mean": hv_m, "hv_ratio_se": hv_se,
+               "regret_db_mean": rg_m, "regret_db_se": rg_se,
+               "p_beats_random": float(np.mean(wins)) if rnd and m != "random" else math.nan,
+               "archs_scored_mean": float(np.mean([v["archs"] for v in vals])),
+               "seconds_mean": float(np.mean([v["seconds"] for v in vals])),
+               "kendall_tau_mean": float(np.mean(list(kt.values()))) if m == "ours" and kt else math.nan,
+               "kendall_tau_se": mean_and_se(list(kt.values()))[1] if m == "ours" and len(kt) > 1
+               else math.nan}
+        table.append(row)
+    header = {"ground_truth_archs": len(keys), "gt_seeds": n_seeds, "spread_db": spread,
+              "seed_sd_db": sd_arch, "paired_sd_db": sd_paired,
+              "spread_over_paired_se": spread / (sd_paired * math.sqrt(2 / n_seeds)),
+              "true_front": len(true_front), "hv_true": hv_true, "ref_point": list(ref)}
+    import pandas as pd
+
+    df = pd.DataFrame(table)
+    path = args.out / "search_quality.csv"
+    with path.open("w") as f:
+        f.write("# " + json.dumps(header) + "\n")
+        df.to_csv(f, index=False, float_format="%.5g")
+    pd.DataFrame([{"method": m, "seed": s, **v} for (m, s), v in sorted(per_run.items())]).to_csv(
+        args.out / "search_quality_per_seed.csv", index=False, float_format="%.5g")
+    print(json.dumps(header, indent=1))
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    _plot(args.out / "search_quality.png", gt, means, true_front, by, plain, header)
+
+
+def _plot(path: Path, gt, means, true_front, by, plain, header) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nas.engine.scoring import mean_and_se
+
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    for k, g in gt.items():
+        _, se = mean_and_se(list(g["scores"].values()))
+        on = k in true_front
+        ax.errorbar(g["gflops"], means[k], yerr=se, fmt="o", ms=6 if on else 4,
+                    color="tab:blue" if on else "0.7", ecolor="0.8", zorder=3 if on else 2)
+    tf = sorted(true_front, key=lambda k: gt[k]["gflops"])
+    ax.step([gt[k]["gflops"] for k in tf], [means[k] for k in tf], where="post", c="tab:blue",
+            label="true front (ground-truth means, +-1 SE over seeds)")
+    marks = {"ours": ("s", "tab:red"), "random": ("^", "tab:green"), "nni-darts": ("v", "tab:purple"),
+             "nni-gumbel": ("D", "tab:brown"), PAPER: ("*", "tab:orange")}
+    for m, (mk, col) in marks.items():
+        found = {r["arch_key"] for (mm, _), rows in by.items() if mm == m for r in rows}
+        if found:
+            ax.scatter([gt[k]["gflops"] for k in found], [means[k] for k in found], marker=mk,
+                       s=60, facecolors="none", edgecolors=col, label=f"{m} (all seeds)", zorder=4)
+    ax.set_xlabel("GFLOPs at 320x180 input (FLOPs = 2 x MACs)")
+    ax.set_ylabel("ground-truth PSNR (dB, Y, crop 4; SR x4, held-out photos)")
+    ax.set_title(f"search quality: spread {header['spread_db']:.3f} dB, paired noise SD "
+                 f"{header['paired_sd_db']:.4f} dB", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
