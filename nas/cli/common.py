@@ -41,6 +41,14 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def setup_device(name: str):
+    """:func:`resolve_device`, then join the ``torchrun`` group if this process is one of several
+    (``cuda`` becomes this rank's ``cuda:<LOCAL_RANK>``)."""
+    from nas.engine import distributed as dist
+
+    return dist.init(resolve_device(name))
+
+
 def parse_scale(value: str) -> int:
     """argparse type of ``--scale`` (2, 3 or 4)."""
     try:

@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from nas.cli.common import config_args, resolve_device
+from nas.cli.common import config_args, setup_device
 from nas.errors import UsageError
 from nas.tables import emit_table
 
@@ -78,7 +78,14 @@ def run_search(args: argparse.Namespace) -> int:
     h = setup.hpo
     name = h.study or cfg.name
     out = args.out or RUNS / name
-    device = resolve_device(args.device)
+    device = setup_device(args.device)
+    from nas.engine import distributed as dist
+
+    if not dist.is_main():  # the other ranks of a torchrun group do rank 0's work with it
+        from nas.study.group import follow
+
+        follow(device)
+        return 0
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file, expected a results folder")
     spec = parse_storage(h.storage, out)

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from nas.cli.common import claim_run_dir, config_args, resolve_device
+from nas.cli.common import claim_run_dir, config_args, setup_device
 
 #: where run folders go unless ``--out`` says otherwise (git-ignored)
 RUNS = Path("runs")
@@ -34,15 +34,19 @@ def supernet_args(p: argparse.ArgumentParser) -> None:
 def run_supernet(args: argparse.Namespace) -> int:
     """One supernet search: derive, score and export its argmax architecture."""
     from nas.config import load_config
+    from nas.engine import distributed as dist
     from nas.engine.supernet_search import SupernetSearch
 
     cfg = load_config(args.config, args.overrides)
-    device = resolve_device(args.device)
+    device = setup_device(args.device)
     out = args.out or RUNS / cfg.name / "supernet"
-    claim_run_dir(out, "supernet", {"config_sha": _digest(cfg.to_dict())}, args.force)
+    if dist.is_main():
+        claim_run_dir(out, "supernet", {"config_sha": _digest(cfg.to_dict())}, args.force)
+    dist.barrier()
     progress = not args.quiet and sys.stderr.isatty()
     res = SupernetSearch(cfg, out, device=device, progress=progress).run()
-    print(f"derived architecture: {res.arch_path} ({res.gflops:.4f} GFLOPs, "
+    say = print if dist.is_main() else (lambda *a, **k: None)
+    say(f"derived architecture: {res.arch_path} ({res.gflops:.4f} GFLOPs, "
           f"{res.params / 1e6:.3f} M params; search {res.seconds:.0f} s)")
     if not args.no_score:
         import math
@@ -56,11 +60,13 @@ def run_supernet(args: argparse.Namespace) -> int:
         space = SearchSpace(cfg.space, build_backbone(cfg.space, cfg.task).config.num_block)
         scores = ScoreCache().scores(cfg, space, res.arch, range(cfg.score.seeds), device=device)
         conv = Convention.for_task(cfg.task).describe()
+        if not dist.is_main():
+            return 0
         res = record_scores(res, out, scores, conv)
         pm = "" if math.isnan(res.psnr_se) else f" +- {res.psnr_se:.3f} (SE)"
         print(f"score: {res.psnr_db:.3f} dB{pm} over {len(scores)} seed(s): trained stand-alone "
               f"for {cfg.score.steps} steps, held-out score images; {conv}")
-    print(f"log: {out / 'log.jsonl'}")
+    say(f"log: {out / 'log.jsonl'}")
     return 0
 
 
@@ -89,7 +95,7 @@ def run_retrain(args: argparse.Namespace) -> int:
 
     spec = load_archspec(args.arch)
     cfg = load_config(args.config, args.overrides)
-    device = resolve_device(args.device)
+    device = setup_device(args.device)
     root = None
     if args.data_root or os.environ.get("ACLA_NAS_DATA"):
         root = resolve_data_root(args.data_root)

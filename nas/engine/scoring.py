@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.config import Config
+from nas.engine import distributed as dist
 from nas.engine.network import build_fixed, canonical_arch
 from nas.errors import DivergedError
 from nas.restoration.data import PairedImage, PatchSampler, make_pairs, split_data
@@ -148,14 +149,15 @@ def score_architecture(cfg: Config, space: SearchSpace, arch: Mapping[str, Any],
         use_amp = cfg.search.amp and device.type == "cuda"
         net.train()
         for step in range(sc.steps):
-            lq, hr = (t.to(device) for t in sampler.sample(sc.batch_size))
+            lq, hr = (dist.shard(t).to(device) for t in sampler.sample(sc.batch_size))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 out = net(lq)
             loss = F.l1_loss(out.float(), hr)
-            if not torch.isfinite(loss):
-                raise DivergedError(f"scoring step {step}: L1 is {float(loss)}")
+            if not dist.all_true(bool(torch.isfinite(loss))):
+                raise DivergedError(f"scoring step {step}: L1 is {float(loss.detach())}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            dist.average_gradients(net.parameters())
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             sched.step()
@@ -172,15 +174,19 @@ class ScoreCache:
     Args:
         get: ``key -> dict or None`` (e.g. a study's system attributes).
         put: ``(key, dict) -> None``.
+        run: ``(cfg, space, arch, seed, device) -> Score`` for a missing score (default
+            :func:`score_architecture`).
 
     The default keeps the scores in memory (one process).
     """
 
     def __init__(self, get: Callable[[str], dict | None] | None = None,
-                 put: Callable[[str, dict], None] | None = None) -> None:
+                 put: Callable[[str, dict], None] | None = None,
+                 run: Callable[..., Score] | None = None) -> None:
         self._mem: dict[str, dict] = {}
         self._get = get or self._mem.get
         self._put = put or self._mem.__setitem__
+        self._run = run or score_architecture
 
     def put(self, key: str, value: dict) -> None:
         """Store a score under a :meth:`key` (e.g. one known from another run of the protocol)."""
@@ -206,8 +212,9 @@ class ScoreCache:
             k = self.key(proto, arch, seed)
             hit = self._get(k)
             if hit is None:
-                s = score_architecture(cfg, space, arch, seed, device)
-                self._put(k, {"psnr_db": s.psnr_db, "seconds": round(s.seconds, 3)})
+                s = self._run(cfg, space, arch, seed, device)
+                if dist.is_main():
+                    self._put(k, {"psnr_db": s.psnr_db, "seconds": round(s.seconds, 3)})
                 if on_run is not None:
                     on_run(s)
                 out.append(s)

@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from nas.config import Config, dump_config
 from nas.config_checks import check_search
+from nas.engine import distributed as dist
 from nas.engine.derive import derive
 from nas.engine.export import SearchResult, export_result
 from nas.engine.gates import TemperatureSchedule
@@ -84,6 +85,9 @@ def supernet_key(cfg: Config) -> str:
 
 @contextlib.contextmanager
 def _folder_lock(folder: Path) -> Iterator[None]:
+    if not dist.is_main():  # rank 0 takes the lock for its group
+        yield
+        return
     ensure_dir(folder, "supernet folder")
     with open(folder / ".lock", "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
@@ -91,6 +95,24 @@ def _folder_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _log_file(path: Path):
+    """The JSON-lines log opened for appending on rank 0; a sink elsewhere."""
+    if dist.is_main():
+        with path.open("a") as f:
+            yield f
+    else:
+        yield _Sink()
+
+
+class _Sink:
+    def write(self, _text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 class _Run:
@@ -123,6 +145,10 @@ class _Run:
         if self.channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
+
+    def batch(self, sampler: PatchSampler, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next global batch of ``n`` patches, this rank's shard of it, on the device."""
+        return tuple(self.to_device(dist.shard(t)) for t in sampler.sample(n))
 
 
 class SupernetTraining(_Run):
@@ -165,7 +191,7 @@ class SupernetTraining(_Run):
         Raises:
             UsageError: the checkpoint was written for another weight config.
         """
-        st = load_checkpoint(self.ckpt_path, self.device)
+        st = dist.broadcast(load_checkpoint(self.ckpt_path) if dist.is_main() else None)
         if st is None:
             return False
         if st.get("config") != weight_config(self.cfg):
@@ -188,7 +214,7 @@ class SupernetTraining(_Run):
         """
         s = self.cfg.search
         self.model.train()
-        lq, hr = (self.to_device(t) for t in self.sampler.sample(self.cfg.data.batch_size))
+        lq, hr = self.batch(self.sampler, self.cfg.data.batch_size)
         largest = self.step < s.largest_path_steps
         arch = self.largest if largest else self.model.sample_uniform()
         paths = [arch] + ([self.largest] if s.sandwich and not largest else [])
@@ -198,18 +224,20 @@ class SupernetTraining(_Run):
             with self.autocast():
                 out = self.model(lq, self.model.decisions(a))
                 l1 = F.l1_loss(out.float(), hr)
-            if not torch.isfinite(l1):
+            if not dist.all_true(bool(torch.isfinite(l1))):
                 raise DivergedError(f"supernet step {self.step}: L1 is {l1.item()}")
             (l1 / len(paths)).backward()
             if l1_first is None:
                 l1_first, out_first = l1, out
+        dist.average_gradients(self.model.weight_parameters())
         if s.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), s.grad_clip)
         self.opt.step()
         self.sched.step()
         self.step += 1
-        return {"phase": "supernet", "step": self.step, "l1": float(l1_first.detach()),
-                "psnr": batch_psnr(out_first, hr),
+        return {"phase": "supernet", "step": self.step,
+                "l1": dist.mean_over_ranks(float(l1_first.detach())),
+                "psnr": dist.mean_over_ranks(batch_psnr(out_first, hr)),
                 "path": "largest" if largest else "uniform" + ("+largest" if s.sandwich else "")}
 
     def run(self, stop_after: int | None = None,
@@ -224,15 +252,17 @@ class SupernetTraining(_Run):
             Whether the training is complete.
         """
         s = self.cfg.search
-        ensure_dir(self.folder, "supernet folder")
-        if not self.try_resume() and self.log_path.exists():
+        main = dist.is_main()
+        if main:
+            ensure_dir(self.folder, "supernet folder")
+        if not self.try_resume() and main and self.log_path.exists():
             self.log_path.unlink()
         if self.done:
             return True
         bar = tqdm(total=s.supernet_steps, initial=self.step, desc="supernet", unit="step",
-                   disable=not self.progress, dynamic_ncols=True, leave=False)
+                   disable=not (self.progress and main), dynamic_ncols=True, leave=False)
         try:
-            with self.log_path.open("a") as logf:
+            with _log_file(self.log_path) as logf:
                 while self.step < s.supernet_steps:
                     row = self.train_step()
                     bar.update(1)
@@ -243,7 +273,7 @@ class SupernetTraining(_Run):
                     if on_step is not None:
                         on_step(row)
                     self.done = self.step == s.supernet_steps
-                    if self.step % s.checkpoint_every == 0 or self.done:
+                    if (self.step % s.checkpoint_every == 0 or self.done) and main:
                         atomic_torch_save(self.ckpt_path, self.state_dict())
                     if stop_after is not None and self.step >= stop_after and not self.done:
                         return False
@@ -270,7 +300,7 @@ class ArchitectureSearch(_Run):
                  provenance: dict | None = None, splits: SplitPairs | None = None) -> None:
         super().__init__(cfg, device, splits)
         s = cfg.search
-        st = load_checkpoint(weights, self.device)
+        st = dist.broadcast(load_checkpoint(weights) if dist.is_main() else None)
         if st is None or not st.get("done"):
             raise UsageError(f"{weights}: no trained supernet")
         self.model.net.load_state_dict(st["model"])
@@ -306,7 +336,7 @@ class ArchitectureSearch(_Run):
         Raises:
             UsageError: the checkpoint was written with another config.
         """
-        st = load_checkpoint(self.ckpt_path, self.device)
+        st = dist.broadcast(load_checkpoint(self.ckpt_path) if dist.is_main() else None)
         if st is None:
             return False
         if st.get("config") != self.cfg.to_dict():
@@ -330,22 +360,23 @@ class ArchitectureSearch(_Run):
         tau = self.tau(self.step)
         self.model.set_tau(tau)
         self.model.net.eval()
-        lq, hr = (self.to_device(t) for t in self.sampler.sample(self.batch_size))
+        lq, hr = self.batch(self.sampler, self.batch_size)
         _, dec = self.model.sample(tau, all_candidates=True)
         with self.autocast():
             out = self.model(lq, dec)
             l1 = F.l1_loss(out.float(), hr)
         e_flops = self.model.expected_flops()
         loss = alpha_loss(l1, e_flops, s.penalty, self.base_flops)
-        if not torch.isfinite(loss):
+        if not dist.all_true(bool(torch.isfinite(loss))):
             raise DivergedError(f"alpha step {self.step}: loss is {loss.item()}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        dist.average_gradients(self.model.arch_parameters())
         self.opt.step()
         self.step += 1
-        return {"phase": "alpha", "step": self.step, "l1": float(l1.detach()),
-                "loss": float(loss.detach()), "e_gflops": float(e_flops.detach()) / 1e9,
-                "tau": tau}
+        return {"phase": "alpha", "step": self.step, "l1": dist.mean_over_ranks(float(l1.detach())),
+                "loss": dist.mean_over_ranks(float(loss.detach())),
+                "e_gflops": float(e_flops.detach()) / 1e9, "tau": tau}
 
     def derive(self) -> dict[str, Any]:
         """The derived architecture (``search.derive``; budget mode when a target is set)."""
@@ -367,18 +398,21 @@ class ArchitectureSearch(_Run):
             The :class:`SearchResult` (without scores), or ``None`` when stopped early.
         """
         s = self.cfg.search
-        ensure_dir(self.out, "run folder")
+        main = dist.is_main()
+        if main:
+            ensure_dir(self.out, "run folder")
         t0 = time.perf_counter()
         if not self.try_resume():
             torch.manual_seed(self.cfg.seed + 1)
             self.model.gates.reset_parameters()
-            atomic_write_text(self.out / "config.yaml", dump_config(self.cfg))
-            if self.log_path.exists():
-                self.log_path.unlink()
+            if main:
+                atomic_write_text(self.out / "config.yaml", dump_config(self.cfg))
+                if self.log_path.exists():
+                    self.log_path.unlink()
         bar = tqdm(total=s.alpha_steps, initial=self.step, desc="alpha", unit="step",
-                   disable=not self.progress, dynamic_ncols=True, leave=False)
+                   disable=not (self.progress and main), dynamic_ncols=True, leave=False)
         try:
-            with self.log_path.open("a") as logf:
+            with _log_file(self.log_path) as logf:
                 while self.step < s.alpha_steps:
                     row = self.train_step()
                     bar.update(1)
@@ -390,16 +424,17 @@ class ArchitectureSearch(_Run):
                         logf.flush()
                     if on_step is not None:
                         on_step(row)
-                    if self.step % s.checkpoint_every == 0 or self.step == s.alpha_steps:
+                    if (self.step % s.checkpoint_every == 0 or self.step == s.alpha_steps) and main:
                         atomic_torch_save(self.ckpt_path, self.state_dict())
                     if stop_after is not None and self.step >= stop_after:
                         return None
         finally:
             bar.close()
-        return self.finish(seconds_before + time.perf_counter() - t0)
+        res = self.finish(seconds_before + time.perf_counter() - t0) if main else None
+        return dist.broadcast(res)
 
     def finish(self, seconds: float) -> SearchResult:
-        """Derive and export (:func:`nas.engine.export.export_result`)."""
+        """Derive and export (:func:`nas.engine.export.export_result`; rank 0)."""
         arch = self.derive()
         fixed = self.model.fixed_network(arch, inherit=True)
         s = self.cfg.search

@@ -117,9 +117,15 @@ def front_within_noise(rows: Sequence[dict]) -> bool:
     return len(front) > 1 and all(r["tie"] for r in sorted(front, key=lambda r: r["gflops"])[1:])
 
 
-def measure_noise(setup, study, storage, device: Any = "cpu", log=None) -> int:
+def measure_noise(setup, study, storage, device: Any = "cpu", log=None, group=None) -> int:
     """Score the front's architectures, the references and the plain backbone with seeds
     ``0 .. score.noise_seeds-1`` (missing scores only).
+
+    Args:
+        setup, study, storage: the study.
+        device: torch device.
+        log: called with a line per scoring run.
+        group: runs the scoring on every rank of a ``torchrun`` group.
 
     Returns:
         The number of scoring runs made.
@@ -129,7 +135,8 @@ def measure_noise(setup, study, storage, device: Any = "cpu", log=None) -> int:
     cfg = setup.cfg
     n = cfg.score.noise_seeds or cfg.score.seeds
     space = study_space(cfg)
-    cache: ScoreCache = study_score_cache(study, storage)
+    cache: ScoreCache = study_score_cache(study, storage,
+                                          run=group.score if group is not None else None)
     sid = storage.get_study_id_from_name(study.study_name)
     sys_attrs = storage.get_study_system_attrs(sid)
     protocol = sys_attrs.get(PROTOCOL_ATTR)

@@ -35,13 +35,10 @@ from typing import Any, Callable, Mapping
 from nas.engine.export import SearchResult, export_result, record_scores
 from nas.engine.scoring import ScoreCache, arch_key
 from nas.errors import DivergedError, UsageError
+from nas.study.group import Group, TimeBudgetExceeded
 from nas.study.params import suggest, trial_config
 from nas.study.storage import quiet_optuna
 from nas.study.workers import requeue, root_trial, trial_id, worker_id
-
-
-class TimeBudgetExceeded(RuntimeError):
-    """A trial ran longer than ``hpo.time_budget_s``."""
 
 
 @dataclass
@@ -75,11 +72,13 @@ class Objective:
         device: torch device of the searches.
         progress: show the per-trial search bar.
         on_outcome: called with a :class:`TrialOutcome` when an attempt ends.
+        group: runs the work on every rank of a ``torchrun`` group (default: this process).
     """
 
     def __init__(self, setup, study, storage, out_dir: str | os.PathLike,
                  device: Any = "cpu", progress: bool = False,
-                 on_outcome: Callable[[TrialOutcome], None] | None = None) -> None:
+                 on_outcome: Callable[[TrialOutcome], None] | None = None,
+                 group: Group | None = None) -> None:
         self.setup = setup
         self.study = study
         self.storage = storage
@@ -90,7 +89,8 @@ class Objective:
         self.on_outcome = on_outcome
         self.references = dict(setup.references)
         self.space = study_space(setup.cfg)
-        self.cache = study_score_cache(study, storage)
+        self.group = group or Group(device, progress)
+        self.cache = study_score_cache(study, storage, run=self.group.score)
         from nas.restoration.evaluate import Convention
 
         self.convention = Convention.for_task(setup.cfg.task).describe()
@@ -106,7 +106,7 @@ class Objective:
     def __call__(self, trial) -> tuple[float, float]:
         import optuna
 
-        from nas.engine.supernet_search import SupernetSearch, supernet_key
+        from nas.engine.supernet_search import supernet_key
 
         setup = self.setup
         t0 = time.perf_counter()
@@ -139,15 +139,8 @@ class Objective:
             if ref not in self.references:
                 raise UsageError(f"trial {trial.number}: unknown reference {ref!r} (config changed?)")
         budget = setup.hpo.time_budget_s
-        first_step: list[int] = []
-
-        def on_step(row: dict) -> None:
-            if not first_step:
-                first_step.append(int(row["step"]) - 1)
-            if budget is not None and time.perf_counter() - t0 > budget:
-                raise TimeBudgetExceeded(f"time budget of {budget:g} s exceeded at step "
-                                         f"{row['step']}")
-
+        started = time.time()
+        resumed = 0
         provenance: dict[str, Any] = {"study": self.study_name, "trial": trial.number,
                                       "hpo": values}
         if ref is not None:
@@ -158,10 +151,9 @@ class Objective:
             if ref is not None:
                 res = export_reference(cfg, self.references[ref], run_dir, provenance)
             else:
-                search = SupernetSearch(cfg, run_dir, device=self.device, progress=self.progress,
-                                        provenance=provenance,
-                                        supernet_dir=self.out / "supernets" / supernet_key(cfg))
-                res = search.run(on_step=on_step)
+                res, resumed = self.group.search(cfg, run_dir,
+                                                 self.out / "supernets" / supernet_key(cfg),
+                                                 provenance, budget, started)
             scores = self.cache.scores(cfg, self.space, res.arch, range(cfg.score.seeds),
                                        device=self.device)
             res = record_scores(res, run_dir, scores, self.convention)
@@ -180,14 +172,19 @@ class Objective:
                 trial.set_user_attr("fail_reason", f"input error: {e}")
             raise
         except KeyboardInterrupt:
-            with contextlib.suppress(Exception):
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); re-queued")
-                trial.set_user_attr("interrupted", True)
-                frozen = self.storage.get_trial(trial_id(self.storage, self.study, trial.number))
-                requeue(self.study, frozen, None, reason=f"trial {trial.number}: interrupted")
+            self._requeue(trial, "interrupted (Ctrl-C or SIGTERM); re-queued", "interrupted")
             raise
-        if first_step and first_step[0] > 0:
-            trial.set_user_attr("resumed_from_step", first_step[0])
+        except Exception as e:
+            if not _group_broke(e):
+                raise
+            # a rank of the torchrun group died: this process cannot go on either; the trial
+            # resumes from its checkpoint when the group is restarted (torchrun --max-restarts)
+            first = (str(e).splitlines() or [e.__class__.__name__])[0][:160]
+            self._requeue(trial, f"killed: a process of the torchrun group died ({first}); "
+                          "re-queued", "a process of its torchrun group died")
+            raise
+        if resumed > 0:
+            trial.set_user_attr("resumed_from_step", resumed)
         trial.set_user_attr("arch_path", str(res.arch_path))
         trial.set_user_attr("arch_key", arch_key(res.arch))
         trial.set_user_attr("arch", res.arch)
@@ -202,6 +199,28 @@ class Objective:
         self._report(TrialOutcome(trial.number, "COMPLETE", values_out, "",
                                   time.perf_counter() - t0))
         return values_out
+
+    def _requeue(self, trial, reason: str, why: str) -> None:
+        """Record why the trial stops and put a copy of it back in the queue; SIGINT/SIGTERM
+        (a launcher stopping the other ranks) wait until this bookkeeping is done."""
+        import signal
+
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("interrupted", True)
+            frozen = self.storage.get_trial(trial_id(self.storage, self.study, trial.number))
+            requeue(self.study, frozen, self.setup.hpo.max_retry,
+                    reason=f"trial {trial.number}: {why}")
+        except Exception as e:  # noqa: BLE001 - the next start re-queues it (requeue_orphans)
+            import logging
+
+            logging.getLogger("acla_nas.study").warning(
+                "trial %d: could not re-queue (%s: %s); the next start will", trial.number,
+                e.__class__.__name__, e)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _report(self, outcome: TrialOutcome) -> None:
         if self.on_outcome is not None:
@@ -223,6 +242,21 @@ def finished_twin(study, number: int, values: Mapping[str, Any]):
     return None
 
 
+def _group_broke(e: BaseException) -> bool:
+    """Whether an error means the torchrun group lost a process (a collective failed)."""
+    import torch.distributed as tdist
+
+    from nas.engine import distributed as dist
+
+    if not dist.is_distributed():
+        return False
+    if isinstance(e, getattr(tdist, "DistError", ())):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(w in text for w in ("gloo", "nccl", "connection",
+                                                                   "peer"))
+
+
 def study_space(cfg):
     """The :class:`~search_spaces.space.SearchSpace` of a study's config."""
     from nas.engine.network import build_backbone
@@ -231,12 +265,13 @@ def study_space(cfg):
     return SearchSpace(cfg.space, build_backbone(cfg.space, cfg.task).config.num_block)
 
 
-def study_score_cache(study, storage) -> ScoreCache:
+def study_score_cache(study, storage, run=None) -> ScoreCache:
     """A :class:`ScoreCache` kept in the study's system attributes (public storage API), so every
-    worker of the study, on any machine, reuses every score."""
+    worker of the study, on any machine, reuses every score; ``run`` scores a missing one (e.g.
+    :meth:`nas.study.group.Group.score`, on every rank of a group)."""
     sid = storage.get_study_id_from_name(study.study_name)
     return ScoreCache(get=lambda k: storage.get_study_system_attrs(sid).get(k),
-                      put=lambda k, v: storage.set_study_system_attr(sid, k, v))
+                      put=lambda k, v: storage.set_study_system_attr(sid, k, v), run=run)
 
 
 def export_reference(cfg, arch: Mapping[str, Any], run_dir: Path,

@@ -21,6 +21,7 @@ trial it retries and resumes from its ``supernet.pt``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -39,7 +40,7 @@ from nas.study.objective import Objective, TrialOutcome
 from nas.study.params import HpoConfig, ParamSpec, base_values, check_params, parse_hpo
 from nas.study.references import reference_arch
 from nas.study.storage import StorageSpec, init_lock, open_storage, quiet_optuna
-from nas.study.workers import RequeueStaleTrial, fail_dead_local_trials
+from nas.study.workers import RequeueStaleTrial, fail_dead_local_trials, requeue_orphans
 
 log = logging.getLogger("acla_nas.study")
 
@@ -367,6 +368,9 @@ def run_study(setup: StudySetup, study, storage, out_dir: str | os.PathLike, *,
         progress: tqdm bar over trials with the per-trial search bar below it.
         max_trials_here: stop after this many trials in this process (tests).
 
+    Under ``torchrun`` this runs on rank 0; the other ranks run :func:`nas.study.group.follow`
+    and rank 0 releases them when this returns (or fails).
+
     Returns:
         The final :func:`count_trials`.
 
@@ -394,8 +398,11 @@ def run_study(setup: StudySetup, study, storage, out_dir: str | os.PathLike, *,
         else:
             say(f"trial {o.number}: {o.state.lower()} - {o.reason} ({o.seconds:.0f} s)")
 
+    from nas.study.group import Group
+
+    group = Group(device, progress)
     objective = Objective(setup, study, storage, out_dir, device=device, progress=progress,
-                          on_outcome=on_outcome)
+                          on_outcome=on_outcome, group=group)
     prev_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     c = count_trials(study)
@@ -408,6 +415,8 @@ def run_study(setup: StudySetup, study, storage, out_dir: str | os.PathLike, *,
                 optuna.storages.fail_stale_trials(study)
             for n in fail_dead_local_trials(study, storage, h.max_retry):
                 say(f"trial {n}: its worker is gone; re-queued to resume from its checkpoint")
+            for n in requeue_orphans(study, h.max_retry):
+                say(f"trial {n}: stopped before it was re-queued; re-queued now")
             c = count_trials(study)
             bar.n = min(c["done"] + c["ref_done"], bar.total)
             bar.set_postfix(complete=c["complete"], running=c["running"])
@@ -430,11 +439,13 @@ def run_study(setup: StudySetup, study, storage, out_dir: str | os.PathLike, *,
         if c["done"] >= h.trials and not c["running"] and not c["waiting"] and not c["ref_pending"]:
             from nas.study.noise import measure_noise
 
-            runs = measure_noise(setup, study, storage, device, log=say)
+            runs = measure_noise(setup, study, storage, device, log=say, group=group)
             if runs:
                 say(f"noise floor: {runs} more scoring runs of the front, references and plain "
                     "backbone")
     finally:
+        with contextlib.suppress(Exception):  # a group whose other ranks died cannot be told
+            group.stop()
         optuna.logging.set_verbosity(prev_verbosity)
         c = count_trials(study)
         bar.n = min(c["done"] + c["ref_done"], bar.total)

@@ -157,3 +157,29 @@ def fail_dead_local_trials(study, storage, max_retry: int | None = 3) -> list[in
             requeue(study, storage.get_trial(tid), max_retry, reason=f"trial {t.number}: {reason}")
             failed.append(t.number)
     return failed
+
+
+#: fail reasons of trials that did not end for their own sake: they are run again
+RETRIED_REASONS = ("killed", "interrupted", "input error")
+
+
+def requeue_orphans(study, max_retry: int | None = 3) -> list[int]:
+    """Re-queue FAIL trials that stopped for a reason outside the trial (a dead worker or rank,
+    an interruption, an input error) and have no retry yet - e.g. when the process that was
+    re-queueing them was itself stopped. Idempotent.
+
+    Returns:
+        The numbers of the trials re-queued.
+    """
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {int(t.system_attrs["failed_trial"]) for t in trials if "failed_trial" in t.system_attrs}
+    out = []
+    for t in trials:
+        reason = str(t.user_attrs.get("fail_reason", ""))
+        if t.state == TrialState.FAIL and reason.startswith(RETRIED_REASONS) \
+                and t.number not in retried:
+            if requeue(study, t, max_retry, reason=f"trial {t.number}: {reason[:80]}") is not None:
+                out.append(t.number)
+    return out

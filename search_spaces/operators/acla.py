@@ -50,6 +50,7 @@ from search_spaces.operators.acla_sampling import bilinear_gather, bordered, cor
 from search_spaces.operators.base import (
     OPERATORS,
     AttentionOp,
+    batch_rand_like,
     compute_dtype,
     require_int,
 )
@@ -385,7 +386,7 @@ class ACLA(AttentionOp):
         m = mask_logits.to(compute_dtype(mask_logits.dtype))
         if self.training:
             tiny = torch.finfo(m.dtype).tiny
-            u = torch.rand_like(m).clamp_(tiny, 1.0 - torch.finfo(m.dtype).eps)
+            u = batch_rand_like(m).clamp_(tiny, 1.0 - torch.finfo(m.dtype).eps)
             score = m + torch.logit(u)  # logistic noise (a difference of two Gumbels)
         else:
             score = m

@@ -133,3 +133,17 @@ def require_int(name: str, value: Any, minimum: int = 1) -> int:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype numerically delicate parts run in: at least float32 (float64 stays float64)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def batch_rand_like(t: torch.Tensor) -> torch.Tensor:
+    """``torch.rand_like(t)`` for a batch ``(B, ...)`` that may be one rank's shard of a global
+    batch: under ``torch.distributed`` with ``W`` processes the noise of the whole ``(W*B, ...)``
+    batch is drawn (every rank alike, from the same RNG state) and this rank's rows are returned,
+    so N processes draw exactly the noise one process draws for the whole batch."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return torch.rand_like(t)
+    w, r, b = dist.get_world_size(), dist.get_rank(), t.shape[0]
+    full = torch.rand((w * b, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    return full[r * b:(r + 1) * b]
