@@ -86,14 +86,14 @@ def kendall_of_supernet(cfg, weights: Path, gt: dict) -> float:
 
     from nas.engine.objective import batch_psnr
     from nas.engine.supernet import Supernet
-    from nas.restoration.data import PatchSampler
+    from nas.restoration.patches import PatchStream
 
     sn = Supernet(cfg.space, cfg.task)
     sn.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["model"])
     sn.eval()
     splits = load_splits(cfg)
-    sampler = PatchSampler(splits.val, cfg.task, cfg.data.patch_size, seed=12345)
-    batches = [sampler.sample(16) for _ in range(8)]
+    sampler = PatchStream(splits.val, cfg.task, cfg.data.patch_size, 16, seed=12345)
+    batches = [sampler.next() for _ in range(8)]
     pred, true = [], []
     with torch.no_grad():
         for g in gt.values():

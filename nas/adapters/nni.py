@@ -63,7 +63,7 @@ STRATEGIES = {"darts": ("DARTS", "nni-darts"), "gumbel": ("GumbelDARTS", "nni-gu
 
 # -------------------------------------------------------------------------------- data
 class _SamplerBatches(torch.utils.data.Dataset):
-    """``length`` batches drawn from a :class:`nas.restoration.data.PatchSampler` (index ignored).
+    """``length`` batches drawn from a :class:`nas.restoration.patches.PatchStream` (index ignored).
 
     Used with ``DataLoader(batch_size=None, num_workers=0)``: items are whole batches
     ``(lq (B, 3, p/s, p/s), hr (B, 3, p, p))`` drawn in order from the sampler's own seeded
@@ -90,7 +90,7 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
 
     The budget matches :class:`nas.engine.supernet_search.SupernetSearch`: ``steps`` batches,
     each one weight step on a train batch and (after warm-up) one alpha step on a val batch, with the same
-    ``PatchSampler`` data, batch size, patch size, train/val image split, weight and alpha
+    ``PatchStream`` data, batch size, patch size, train/val image split, weight and alpha
     learning rates, gradient clipping and cosine schedule. NNI schedules in epochs, so
     ``steps`` is split into ``epochs`` epochs of ``steps // epochs`` batches; warm-up
     (``search.largest_path_steps``: alpha frozen) and GumbelDARTS' temperature
@@ -157,7 +157,7 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
     from nas.engine.network import build_fixed, inherit_weights
     from nas.engine.objective import alpha_loss
     from nas.engine.scoring import load_splits
-    from nas.restoration.data import PatchSampler
+    from nas.restoration.patches import PatchStream
 
     out = Path(out_dir)
     nni_dir = out / "nni"
@@ -171,9 +171,10 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
     train_pairs, val_pairs = splits.train, splits.val
     p = cfg.data.patch_size
     spe = steps // epochs
-    train_loader = DataLoader(_SamplerBatches(PatchSampler(train_pairs, task, p, seed=cfg.seed),
+    bs = cfg.data.batch_size
+    train_loader = DataLoader(_SamplerBatches(PatchStream(train_pairs, task, p, bs, seed=cfg.seed),
                                               cfg.data.batch_size, spe), batch_size=None)
-    val_loader = DataLoader(_SamplerBatches(PatchSampler(val_pairs, task, p, seed=cfg.seed + 1),
+    val_loader = DataLoader(_SamplerBatches(PatchStream(val_pairs, task, p, bs, seed=cfg.seed + 1),
                                             cfg.data.batch_size, spe), batch_size=None)
 
     model_space = ns.AttentionModelSpace(cfg.space, task)

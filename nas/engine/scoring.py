@@ -23,8 +23,10 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,33 +34,39 @@ from nas.config import Config
 from nas.engine import distributed as dist
 from nas.engine.network import build_fixed, canonical_arch
 from nas.errors import DivergedError
-from nas.restoration.data import PairedImage, PatchSampler, make_pairs, split_data
+from nas.restoration.data import PairedImage, make_pairs, split_data
 from nas.restoration.evaluate import psnr_on_centre_crops
+from nas.restoration.patches import PatchStream
 from search_spaces.space import SearchSpace
 
 
 @dataclass
 class SplitPairs:
-    """The paired images of the three splits (see :func:`nas.restoration.data.split_data`).
+    """The three splits (see :func:`nas.restoration.data.split_data`).
 
     Attributes:
-        train: weight steps (supernet and scoring runs).
-        val: alpha steps.
-        score: scoring only.
+        train: images of the weight steps (supernet and scoring runs), a
+            :class:`~nas.restoration.patches.PairSource`.
+        val: images of the alpha steps, a :class:`~nas.restoration.patches.PairSource`.
+        score: the held-out images architectures are scored on (in memory; for a disk-backed
+            data set their centre crops of ``score.max_eval_side``).
     """
 
-    train: list[PairedImage]
-    val: list[PairedImage]
+    train: Any
+    val: Any
     score: list[PairedImage]
 
 
 def load_splits(cfg: Config) -> SplitPairs:
-    """Load the configured images, split them and degrade them (memoised per process).
+    """Split the configured images and prepare each split (memoised per process): in memory, or
+    for large folders (``data.storage``) as sub-images cached on disk, so memory stays flat in
+    the number of training images.
 
     Raises:
-        UsageError: unreadable images, too few images for the splits.
+        UsageError: unreadable images, too few images for the splits, a missing LR partner.
     """
-    key = json.dumps({"data": _split_fields(cfg), "task": cfg.task.to_dict()}, sort_keys=True)
+    key = json.dumps({"data": _split_fields(cfg), "task": cfg.task.to_dict(),
+                      "crop": cfg.score.max_eval_side}, sort_keys=True)
     return _load_splits(key)
 
 
@@ -66,24 +74,49 @@ def _split_fields(cfg: Config) -> dict:
     """The data fields that decide the images of each split."""
     d = cfg.to_dict()["data"]
     return {k: d[k] for k in ("source", "images", "val_fraction", "score_fraction", "groups",
-                              "split_seed")}
+                              "split_seed", "lr_source", "storage")}
 
 
 @functools.lru_cache(maxsize=4)
 def _load_splits(key: str) -> SplitPairs:
     from nas.config import config_from_dict
+    from nas.restoration.images import load_image
+    from nas.restoration.patches import MemorySource, folder_source, lr_partner
 
     k = json.loads(key)
     cfg = config_from_dict({"data": k["data"], "task": k["task"]})
-    d = cfg.data
-    images = d.load()
-    train, val, score = split_data(list(images), d.val_fraction, d.score_fraction, d.split_seed,
+    d, task = cfg.data, cfg.task
+    names = list(d.image_sizes())
+    train, val, score = split_data(names, d.val_fraction, d.score_fraction, d.split_seed,
                                    d.split_groups())
+    score = score or val
+    if not d.disk_backed(len(names)):
+        images = d.load()
 
-    def pairs(names):
-        return make_pairs({n: images[n] for n in names}, cfg.task, d.split_seed)
+        def pairs(ns):
+            return make_pairs({n: images[n] for n in ns}, task, d.split_seed)
 
-    return SplitPairs(pairs(train), pairs(val), pairs(score) if score else pairs(val))
+        return SplitPairs(MemorySource(pairs(train)), MemorySource(pairs(val)), pairs(score))
+    from nas.restoration.images import list_images
+
+    files = {p.stem: p for p in list_images(d.source)}
+    crop = int(k["crop"])
+    out = []
+    for n in score:  # centre crops of the score images only: they are read whole once
+        hr = load_image(files[n])
+        m = 2 * task.hr_modulo
+        c = min(crop - crop % m, hr.shape[0] - hr.shape[0] % m, hr.shape[1] - hr.shape[1] % m)
+        y, x = (hr.shape[0] - c) // 2 // m * m, (hr.shape[1] - c) // 2 // m * m
+        hr = hr[y:y + c, x:x + c]
+        if d.lr_source is not None:
+            s = task.scale
+            lq = load_image(lr_partner(Path(d.lr_source), files[n], s))
+            lq = lq[y // s:(y + c) // s, x // s:(x + c) // s].astype(np.float32)
+            out.append(PairedImage(n, hr, lq))
+        else:
+            out += make_pairs({n: hr}, task, d.split_seed)
+    return SplitPairs(folder_source(d.source, task, train, d.lr_source),
+                      folder_source(d.source, task, val, d.lr_source), out)
 
 
 def arch_key(arch: Mapping[str, Any]) -> str:
@@ -143,13 +176,14 @@ def score_architecture(cfg: Config, space: SearchSpace, arch: Mapping[str, Any],
     try:
         torch.manual_seed(10007 * seed + 1)
         net = build_fixed(space, cfg.task, canonical_arch(space, space.validate(arch))).to(device)
-        sampler = PatchSampler(splits.train, cfg.task, sc.patch_size, seed=10007 * seed + 2)
+        sampler = PatchStream(splits.train, cfg.task, sc.patch_size, sc.batch_size,
+                              seed=10007 * seed + 2, workers=cfg.data.workers)
         opt = torch.optim.Adam(net.parameters(), lr=sc.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=sc.steps, eta_min=sc.lr * 0.1)
         use_amp = cfg.search.amp and device.type == "cuda"
         net.train()
         for step in range(sc.steps):
-            lq, hr = (dist.shard(t).to(device) for t in sampler.sample(sc.batch_size))
+            lq, hr = (t.to(device) for t in sampler.next())
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 out = net(lq)
             loss = F.l1_loss(out.float(), hr)

@@ -60,7 +60,7 @@ from nas.engine.scoring import SplitPairs, load_splits
 from nas.engine.supernet import Supernet
 from nas.errors import DivergedError, UsageError
 from nas.io import atomic_torch_save, atomic_write_text, ensure_dir, load_checkpoint, truncate_jsonl
-from nas.restoration.data import PatchSampler
+from nas.restoration.patches import PatchStream
 from nas.runtime import rng_state, set_rng_state
 
 log = logging.getLogger("acla_nas.search")
@@ -146,9 +146,9 @@ class _Run:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
 
-    def batch(self, sampler: PatchSampler, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next global batch of ``n`` patches, this rank's shard of it, on the device."""
-        return tuple(self.to_device(dist.shard(t)) for t in sampler.sample(n))
+    def batch(self, stream: PatchStream) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's shard of the stream's next global batch, on the device."""
+        return tuple(self.to_device(t) for t in stream.next())
 
 
 class SupernetTraining(_Run):
@@ -170,7 +170,8 @@ class SupernetTraining(_Run):
         self.ckpt_path = self.folder / "supernet.pt"
         self.log_path = self.folder / "supernet_log.jsonl"
         self.progress = progress
-        self.sampler = PatchSampler(self.splits.train, self.task, cfg.data.patch_size, seed=cfg.seed)
+        self.sampler = PatchStream(self.splits.train, self.task, cfg.data.patch_size,
+                                   cfg.data.batch_size, seed=cfg.seed, workers=cfg.data.workers)
         self.opt = torch.optim.Adam(self.model.weight_parameters(), lr=s.lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=s.supernet_steps,
                                                                 eta_min=s.lr * 0.1)
@@ -214,7 +215,7 @@ class SupernetTraining(_Run):
         """
         s = self.cfg.search
         self.model.train()
-        lq, hr = self.batch(self.sampler, self.cfg.data.batch_size)
+        lq, hr = self.batch(self.sampler)
         largest = self.step < s.largest_path_steps
         arch = self.largest if largest else self.model.sample_uniform()
         paths = [arch] + ([self.largest] if s.sandwich and not largest else [])
@@ -314,8 +315,8 @@ class ArchitectureSearch(_Run):
         self.weights = Path(weights)
         bs = s.alpha_batch_size or cfg.data.batch_size
         self.batch_size = bs
-        self.sampler = PatchSampler(self.splits.val, self.task, cfg.data.patch_size,
-                                    seed=cfg.seed + 1)
+        self.sampler = PatchStream(self.splits.val, self.task, cfg.data.patch_size, bs,
+                                   seed=cfg.seed + 1, workers=cfg.data.workers)
         self.opt = torch.optim.Adam(self.model.arch_parameters(), lr=s.alpha_lr,
                                     betas=tuple(s.alpha_betas),
                                     weight_decay=s.alpha_weight_decay)
@@ -360,7 +361,7 @@ class ArchitectureSearch(_Run):
         tau = self.tau(self.step)
         self.model.set_tau(tau)
         self.model.net.eval()
-        lq, hr = self.batch(self.sampler, self.batch_size)
+        lq, hr = self.batch(self.sampler)
         _, dec = self.model.sample(tau, all_candidates=True)
         with self.autocast():
             out = self.model(lq, dec)

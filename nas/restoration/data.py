@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import typing
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,14 +218,15 @@ class PatchSampler:
             else:
                 lq = pair.lq[y // s : (y + p) // s, x // s : (x + p) // s]
             if self.augment:
-                lq, hr = _augment(lq, hr, self.rng, keep_bayer=self.task.name == "demosaic")
+                lq, hr = augment_pair(lq, hr, self.rng, keep_bayer=self.task.name == "demosaic")
             lqs.append(np.ascontiguousarray(lq))
             hrs.append(np.ascontiguousarray(hr))
         return to_tensor(np.stack(lqs)), to_tensor(np.stack(hrs))
 
 
-def _augment(lq, hr, rng, keep_bayer: bool):
-    # flips and transposition; for a Bayer mosaic only transposition keeps the RGGB phase
+def augment_pair(lq, hr, rng, keep_bayer: bool):
+    """Random horizontal/vertical flips and transposition of an aligned ``(lq, hr)`` pair
+    (``(h, w, 3)`` arrays; for a Bayer mosaic only transposition, which keeps the RGGB phase)."""
     if not keep_bayer:
         if rng.random() < 0.5:
             lq, hr = lq[:, ::-1], hr[:, ::-1]
@@ -263,7 +265,13 @@ class DataConfig:
         split_seed: seed of the train/val/score split (not the run's seed: every trial of a study
             splits alike, whatever its own seed).
         patch_size: HR patch side.
-        batch_size: patches per step.
+        batch_size: patches per step (the global batch: all ranks of a torchrun group together).
+        lr_source: a folder of paired LR images (SR; the DIV2K layout ``0001x2.png`` for
+            ``0001.png``) instead of MATLAB bicubic.
+        storage: ``memory`` (decode every image once and keep it), ``subimages`` (cut the images
+            into sub-images cached on disk, memory flat in the number of images), or ``auto``
+            (``subimages`` for folders of more than 50 images or with ``lr_source``).
+        workers: ``DataLoader`` worker processes building the patches (0: the training process).
     """
 
     source: str = "builtin"
@@ -274,6 +282,15 @@ class DataConfig:
     split_seed: int = 0
     patch_size: int = 48
     batch_size: int = 8
+    lr_source: typing.Optional[str] = None
+    storage: str = "auto"
+    workers: int = 0
+
+    def disk_backed(self, n_images: int) -> bool:
+        """Whether the training and alpha splits are read from a sub-image cache."""
+        if self.storage == "auto":
+            return self.source != "builtin" and (n_images > 50 or self.lr_source is not None)
+        return self.storage == "subimages"
 
     def split_groups(self) -> list[list[str]]:
         """The groups kept together by :func:`split_data` (the built-in stereo pair, plus
@@ -348,6 +365,18 @@ class DataConfig:
                              f"{task.hr_modulo} ({task.describe()})")
         if self.batch_size < 1:
             raise UsageError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+        if self.storage not in ("auto", "memory", "subimages"):
+            raise UsageError(f"data.storage: 'auto', 'memory' or 'subimages', got {self.storage!r}"
+                             f"{did_you_mean(self.storage, ('auto', 'memory', 'subimages'))}")
+        if self.workers < 0:
+            raise UsageError(f"data.workers: must be >= 0, got {self.workers}")
+        if self.lr_source is not None:
+            if task.name != "sr":
+                raise UsageError("data.lr_source: paired LR images are for super-resolution")
+            if self.source == "builtin":
+                raise UsageError("data.lr_source: needs a folder of HR images as data.source")
+            if not Path(self.lr_source).is_dir():
+                raise UsageError(f"data.lr_source: {self.lr_source}: folder does not exist")
         try:
             sizes = self.image_sizes()
         except UsageError as e:
