@@ -104,6 +104,9 @@ def check_retrain(r: RetrainConfig, where: str = "retrain") -> None:
             raise UsageError(f"{where}.{k}: must be >= 1, got {getattr(r, k)}")
     _positive(f"{where}.lr", r.lr)
     _positive(f"{where}.gamma", r.gamma)
+    _positive(f"{where}.grad_clip", r.grad_clip, strict=False)
+    if not 0 <= r.ema < 1:
+        raise UsageError(f"{where}.ema: a decay in [0, 1) (0: no EMA), got {r.ema}")
     for i, m in enumerate(r.milestones):
         if isinstance(m, bool) or not isinstance(m, (int, float)) or m <= 0 or (
                 m >= 1 and not float(m).is_integer()):

@@ -152,7 +152,13 @@ class RetrainConfig:
         val_set: benchmark set validated on (with a data root).
         eval_sets: benchmark sets evaluated after training (with a data root).
         inherit: initialise from the supernet's weights.
-        amp: bf16 autocast on CUDA.
+        amp: bf16 autocast on CUDA (ACLA's sampling stays in float32).
+        channels_last: channels-last memory format on CUDA.
+        ema: decay of an exponential moving average of the weights (BasicSR's ``params_ema``),
+            saved and evaluated as weights of their own; 0: none.
+        grad_clip: max gradient norm (0: no clipping, as in EDSR).
+        tensorboard: log losses, PSNR and the learning rate to ``<out>/tb`` (needs the
+            ``tensorboard`` extra).
     """
 
     steps: int = 2000
@@ -165,6 +171,10 @@ class RetrainConfig:
     checkpoint_every: int = 500
     inherit: bool = False
     amp: bool = True
+    channels_last: bool = True
+    ema: float = 0.999
+    grad_clip: float = 0.0
+    tensorboard: bool = False
 
 
 @dataclass

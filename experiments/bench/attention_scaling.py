@@ -15,7 +15,7 @@ training mode, and writes
 and prints the log-log slope of time versus ``H·W`` per operator and the 128x128 ratios.
 
 Table 2 (:func:`search_step_rows`, skipped with ``--no-search-step``) times one step of the
-supernet search on the ``--search-config`` space (default ``experiments/quickstart.yaml``:
+supernet search on the ``--search-config`` space (default ``experiments/search/sr_x2_small.yaml``:
 edsr-small, SR x2, batch 8, HR patch 48, ops [skip, acla], max_refs 2, keys [0, 2, 4, 9]): one
 weight step on a batch, then one alpha step on another batch, as the search does (L1 loss;
 alpha step: L1 + linear FLOPs penalty on E[F]; Adam for both), with the architecture pinned:
@@ -64,7 +64,7 @@ Usage::
 
     python experiments/bench/attention_scaling.py [--device auto|cpu|cuda] [--threads N]
         [--sizes 32 64 ...] [--ops acla nla ...] [--keys 9] [--mem-cap-gib 8]
-        [--no-search-step] [--search-config experiments/quickstart.yaml] [--out results/bench]
+        [--no-search-step] [--search-config experiments/search/sr_x2_small.yaml] [--out results/bench]
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU threads (torch.set_num_threads); 0 keeps PyTorch's default")
     p.add_argument("--search-step", action=argparse.BooleanOptionalAction, default=True,
                    help="also write table 2 (search_step.csv)")
-    p.add_argument("--search-config", type=Path, default=ROOT / "experiments" / "quickstart.yaml")
+    p.add_argument("--search-config", type=Path, default=ROOT / "experiments" / "search" / "sr_x2_small.yaml")
     p.add_argument("--step-repeats", type=int, default=9)
     return p.parse_args(argv)
 

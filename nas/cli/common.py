@@ -71,8 +71,8 @@ def config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 OWNED = {"supernet": ("supernet", "search.pt", "log.jsonl", "arch.json", "result.json",
                       "config.yaml", "run.json"),
          "retrain": ("retrain.pt", "val.jsonl", "model_best.pt", "model_last.pt", "arch.json",
-                     "config.yaml", "eval.csv", "eval_summary.csv", "result.json", "run.json",
-                     "tb")}
+                     "config.yaml", "eval.csv", "eval_summary.csv", "eval_ema.csv",
+                     "eval_summary_ema.csv", "result.json", "run.json", "tb")}
 
 
 def claim_run_dir(out: Path, command: str, identity: dict, force: bool) -> None:

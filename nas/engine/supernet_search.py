@@ -41,6 +41,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -99,20 +100,9 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _log_file(path: Path):
-    """The JSON-lines log opened for appending on rank 0; a sink elsewhere."""
-    if dist.is_main():
-        with path.open("a") as f:
-            yield f
-    else:
-        yield _Sink()
-
-
-class _Sink:
-    def write(self, _text: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
+    """The JSON-lines log opened for appending on rank 0; the null device elsewhere."""
+    with (path if dist.is_main() else Path(os.devnull)).open("a") as f:
+        yield f
 
 
 class _Run:

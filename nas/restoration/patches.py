@@ -48,6 +48,10 @@ class PairSource:
         """``(H, W)`` of the ``i``-th HR image."""
         return self.pair(i).hr.shape[:2]
 
+    def name(self, i: int) -> str:
+        """The name of the ``i``-th image (for error messages)."""
+        return self.pair(i).name
+
 
 class MemorySource(PairSource):
     """Paired images held in memory (:func:`nas.restoration.data.make_pairs`)."""
@@ -155,6 +159,10 @@ class SubImageSource(PairSource):
         """``(H, W)`` of sub-image ``i`` (from the index, no decoding)."""
         return self.items[i]["h"], self.items[i]["w"]
 
+    def name(self, i: int) -> str:
+        """Sub-image ``i``'s name, ``<image>_<y>_<x>``."""
+        return self.items[i]["name"]
+
     def pair(self, i: int) -> PairedImage:
         """Sub-image ``i`` read from the cache (its input degraded on the fly when not stored)."""
         name = self.items[i]["name"]
@@ -208,8 +216,8 @@ class PatchDataset(torch.utils.data.Dataset):
         for i in range(len(source)):
             h, w = source.size(i)
             if min(h, w) < patch_size:
-                raise UsageError(f"image {i} of the training data ({w}x{h}) is smaller than the "
-                                 f"patch size {patch_size}")
+                raise UsageError(f"{source.name(i)}: image {w}x{h} is smaller than the patch size "
+                                 f"{patch_size}")
 
     def __len__(self) -> int:  # an endless stream: the index is (step, slot)
         return 2 ** 62
@@ -306,7 +314,7 @@ class PatchStream:
         return lq, hr
 
     def sample(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`next` (the interface of :class:`nas.restoration.data.PatchSampler`)."""
+        """:meth:`next` (``batch_size`` is fixed by the stream and ignored)."""
         return self.next()
 
     def state_dict(self) -> dict:

@@ -41,6 +41,13 @@ def test_retrain_resume_and_eval(tmp_path, shared_data):
     w_full = torch.load(tmp_path / "full" / "model_last.pt", weights_only=True)["params"]
     w_cut = torch.load(tmp_path / "cut" / "model_last.pt", weights_only=True)["params"]
     assert all(torch.equal(w_full[k], w_cut[k]) for k in w_full)
+    e_full = torch.load(tmp_path / "full" / "model_last.pt", weights_only=True)["params_ema"]
+    e_cut = torch.load(tmp_path / "cut" / "model_last.pt", weights_only=True)["params_ema"]
+    assert all(torch.equal(e_full[k], e_cut[k]) for k in e_full)
+    assert {"params", "params_ema"} <= set(torch.load(tmp_path / "full" / "model_best.pt",
+                                                      weights_only=True))
+    assert full["eval_ema"][0]["set"] == "Set5"
+    assert (tmp_path / "full" / "eval_summary_ema.csv").is_file()
     with pytest.raises(Exception, match="another config"):
         retrain(spec, cfg(6), tmp_path / "cut", data_root=None, progress=False)
     lines = (tmp_path / "full" / "val.jsonl").read_text().splitlines()
@@ -129,3 +136,67 @@ def test_retrain_inherits_supernet_weights(tmp_path):
     sliced = sn.net.points["b01"].ops["acla"].sliced_state_dict([2, 4])
     for k, v in model.points["b01"].ops["acla"].state_dict().items():
         assert torch.equal(v, sliced[k]), k
+
+
+def test_ema_weights_are_the_hand_computed_average(tmp_path):
+    """params_ema after 3 steps = the exponential moving average of the weights after steps 1-3
+    (taken from the same run stopped after 1, 2 and 3 steps), first value = the weights."""
+    spec = ArchSpec.from_dict(SPEC)
+    decay = 0.6
+    over = {"retrain.ema": decay, "retrain.checkpoint_every": 1, "retrain.val_every": 10}
+    w = []
+    for k in (1, 2, 3):
+        retrain(spec, cfg(10, **over), tmp_path / str(k), data_root=None, progress=False,
+                stop_after=k)
+        w.append(torch.load(tmp_path / str(k) / "model_last.pt", weights_only=True))
+    ema = dict(w[0]["params"])
+    for nxt in w[1:]:
+        ema = {n: decay * ema[n] + (1 - decay) * nxt["params"][n] for n in ema}
+    got = w[2]["params_ema"]
+    assert set(got) == set(ema)
+    for n in ema:
+        torch.testing.assert_close(got[n], ema[n], rtol=1e-5, atol=1e-7)
+    assert not torch.equal(got["backbone.head.weight"], w[2]["params"]["backbone.head.weight"])
+    no_ema = retrain(spec, cfg(2, **{"retrain.ema": 0}), tmp_path / "plain", data_root=None,
+                     progress=False)
+    assert "eval_ema" not in no_ema
+    assert "params_ema" not in torch.load(tmp_path / "plain" / "model_last.pt", weights_only=True)
+
+
+def test_retrain_config_values_are_checked(tmp_path):
+    from nas.errors import UsageError
+
+    with pytest.raises(UsageError, match="retrain.ema: a decay in"):
+        retrain(ArchSpec.from_dict(SPEC), cfg(2, **{"retrain.ema": 1.5}), tmp_path,
+                data_root=None, progress=False)
+    assert not (tmp_path / "retrain.pt").exists()
+
+
+def test_tensorboard_logs_loss_lr_and_psnr(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    retrain(ArchSpec.from_dict(SPEC), cfg(4, **{"retrain.tensorboard": "true"}), tmp_path / "tb1",
+            data_root=None, progress=False)
+    acc = EventAccumulator(str(tmp_path / "tb1" / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"losses/l_pix", "lr", "metrics/val_psnr", "metrics/val_psnr_ema"} <= tags
+    assert [e.step for e in acc.Scalars("losses/l_pix")] == [1, 2, 3, 4]
+    assert [e.step for e in acc.Scalars("metrics/val_psnr")] == [2, 4]
+    # without the package: a one-line error naming the extra, before any step
+    import builtins
+
+    real = builtins.__import__
+
+    def no_tb(name, *a, **k):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_tb)
+    from nas.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"acla-nas\[tensorboard\]"):
+        retrain(ArchSpec.from_dict(SPEC), cfg(4, **{"retrain.tensorboard": "true"}),
+                tmp_path / "tb2", data_root=None, progress=False)
+    assert not (tmp_path / "tb2" / "retrain.pt").exists()
