@@ -124,7 +124,9 @@ def contributions(
     return idx0[:, keep], weights[:, keep]
 
 
-@functools.lru_cache(maxsize=64)
+#: a few matrices only: at 2K one is ~17 MB, and a folder of images of many sizes (DIV2K, T91)
+#: must not grow memory with the number of distinct sizes
+@functools.lru_cache(maxsize=8)
 def _weight_matrix(
     in_length: int, out_length: int, scale: float, antialiasing: bool
 ) -> np.ndarray:
