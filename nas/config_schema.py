@@ -89,6 +89,8 @@ class SearchConfig:
         amp: bf16 autocast on CUDA.
         channels_last: channels-last memory format on CUDA.
         grad_clip: max gradient norm of the weights (0: off).
+        tensorboard: log losses, learning rate, E[GFLOPs], tau and the gate probabilities to
+            ``<supernet_dir>/tb`` and ``<out>/tb`` (needs the ``tensorboard`` extra).
     """
 
     supernet_steps: int = 400
@@ -109,6 +111,7 @@ class SearchConfig:
     amp: bool = True
     channels_last: bool = True
     grad_clip: float = 1.0
+    tensorboard: bool = False
 
 
 @dataclass

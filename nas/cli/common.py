@@ -68,7 +68,7 @@ def config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 #: files a run command owns in its folder (removed by --force before a new run starts there)
-OWNED = {"supernet": ("supernet", "search.pt", "log.jsonl", "arch.json", "result.json",
+OWNED = {"supernet": ("supernet", "search.pt", "log.jsonl", "arch.json", "result.json", "tb",
                       "config.yaml", "run.json"),
          "retrain": ("retrain.pt", "val.jsonl", "model_best.pt", "model_last.pt", "arch.json",
                      "config.yaml", "eval.csv", "eval_summary.csv", "eval_ema.csv",

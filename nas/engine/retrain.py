@@ -39,6 +39,7 @@ from nas.config_checks import check_retrain
 from nas.engine import distributed as dist
 from nas.engine.archspec import ArchSpec, build_model
 from nas.engine.objective import batch_psnr
+from nas.engine.runlog import tensorboard_writer
 from nas.errors import DivergedError, UsageError
 from nas.io import atomic_torch_save, atomic_write_text, load_checkpoint, truncate_jsonl
 from nas.restoration.data import make_pairs
@@ -149,7 +150,7 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
     elif main:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
         spec.save(out / "arch.json")
-    tb = _tensorboard(out / "tb") if rc.tensorboard and main else None
+    tb = tensorboard_writer(out / "tb", "retrain.tensorboard") if rc.tensorboard and main else None
     t0 = time.perf_counter()
     bar = tqdm(total=rc.steps, initial=step, desc="retrain", unit="step",
                disable=not (progress and main), dynamic_ncols=True)
@@ -245,20 +246,6 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
         atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     dist.barrier()
     return result
-
-
-def _tensorboard(folder: Path):
-    """A TensorBoard ``SummaryWriter`` (``retrain.tensorboard``).
-
-    Raises:
-        UsageError: the ``tensorboard`` package is not installed.
-    """
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UsageError("retrain.tensorboard: needs the tensorboard package "
-                         "(pip install 'acla-nas[tensorboard]')") from None
-    return SummaryWriter(str(folder))
 
 
 @torch.no_grad()

@@ -41,7 +41,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -57,6 +56,7 @@ from nas.engine.derive import derive
 from nas.engine.export import SearchResult, export_result
 from nas.engine.gates import TemperatureSchedule
 from nas.engine.objective import alpha_loss, batch_psnr
+from nas.engine.runlog import RunLog
 from nas.engine.scoring import SplitPairs, load_splits
 from nas.engine.supernet import Supernet
 from nas.errors import DivergedError, UsageError
@@ -96,13 +96,6 @@ def _folder_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _log_file(path: Path):
-    """The JSON-lines log opened for appending on rank 0; the null device elsewhere."""
-    with (path if dist.is_main() else Path(os.devnull)).open("a") as f:
-        yield f
 
 
 class _Run:
@@ -253,14 +246,14 @@ class SupernetTraining(_Run):
         bar = tqdm(total=s.supernet_steps, initial=self.step, desc="supernet", unit="step",
                    disable=not (self.progress and main), dynamic_ncols=True, leave=False)
         try:
-            with _log_file(self.log_path) as logf:
+            with RunLog(self.log_path, self.folder / "tb" if s.tensorboard else None,
+                        "search.tensorboard") as logf:
                 while self.step < s.supernet_steps:
                     row = self.train_step()
                     bar.update(1)
                     bar.set_postfix(l1=f"{row['l1']:.4f}", psnr=f"{row['psnr']:.2f}")
                     if self.step % s.log_every == 0 or self.step == s.supernet_steps:
-                        logf.write(json.dumps(row) + "\n")
-                        logf.flush()
+                        logf.write(dict(row, lr=self.sched.get_last_lr()[0]))
                     if on_step is not None:
                         on_step(row)
                     self.done = self.step == s.supernet_steps
@@ -403,7 +396,8 @@ class ArchitectureSearch(_Run):
         bar = tqdm(total=s.alpha_steps, initial=self.step, desc="alpha", unit="step",
                    disable=not (self.progress and main), dynamic_ncols=True, leave=False)
         try:
-            with _log_file(self.log_path) as logf:
+            with RunLog(self.log_path, self.out / "tb" if s.tensorboard else None,
+                        "search.tensorboard") as logf:
                 while self.step < s.alpha_steps:
                     row = self.train_step()
                     bar.update(1)
@@ -411,8 +405,7 @@ class ArchitectureSearch(_Run):
                                     tau=f"{row['tau']:.2f}")
                     if self.step % s.log_every == 0 or self.step == s.alpha_steps:
                         row["probs"] = self.model.probs_dict()
-                        logf.write(json.dumps(row) + "\n")
-                        logf.flush()
+                        logf.write(row)
                     if on_step is not None:
                         on_step(row)
                     if (self.step % s.checkpoint_every == 0 or self.step == s.alpha_steps) and main:

@@ -140,3 +140,22 @@ def test_budget_penalty_pulls_expected_flops_to_the_target_and_derive_respects_i
     start, end = rows[0]["e_gflops"], rows[-1]["e_gflops"]
     assert abs(end - target) < abs(start - target)
     assert res.gflops <= target + 1e-12
+
+
+def test_tensorboard_gets_losses_and_gate_probabilities(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg(**{"search.tensorboard": True, "search.log_every": 2})
+    SupernetSearch(cfg, tmp_path, progress=False).run()
+    sup = EventAccumulator(str(tmp_path / "supernet" / "tb"))
+    sup.Reload()
+    assert {"supernet/l1", "supernet/psnr", "supernet/lr"} <= set(sup.Tags()["scalars"])
+    assert [e.step for e in sup.Scalars("supernet/l1")] == [2, 4, 6]
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"alpha/l1", "alpha/loss", "alpha/e_gflops", "alpha/tau"} <= tags
+    rows = _rows(tmp_path / "log.jsonl")
+    for label, probs in rows[-1]["probs"].items():  # the same numbers as the JSON log
+        for value, p in probs.items():
+            assert acc.Scalars(f"gates/{label}/{value}")[-1].value == pytest.approx(p, abs=1e-6)
