@@ -150,7 +150,7 @@ def run_methods(args) -> None:
     paper_key = arch_key(canonical(space, paper))
     score_seconds = statistics.fmean(s for g in gt.values() for s in g["seconds"])
     args.work.mkdir(parents=True, exist_ok=True)
-    for seed in range(args.search_seeds):
+    for seed in (args.seeds if args.seeds else range(args.search_seeds)):
         if ("ours", seed) not in done:
             rows, seconds, tau = _ours(args, cfg, seed, gt)
             for r in rows:

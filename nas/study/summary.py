@@ -110,6 +110,7 @@ class StudySummary:
     conventions: dict = field(default_factory=dict)
     axis_labels: dict = field(default_factory=dict)
     param_names: list = field(default_factory=list)
+    importances: dict = field(default_factory=dict)
 
     @property
     def front_frame(self):
@@ -137,6 +138,10 @@ class StudySummary:
                          f"[{self.ref_point_source}]")
         if self.knee is not None:
             lines.append(f"# knee: trial {self.knee}")
+        for metric, imp in self.importances.items():
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in imp.items())
+            lines.append(f"# parameter importances for {metric} (fANOVA over the searched "
+                         f"trials): {parts}")
         if self.within_noise:
             lines.append("# WARNING: the front is within noise - no front point beats the next "
                          "cheaper one by more than 2 standard errors")
@@ -154,7 +159,8 @@ class StudySummary:
                 "reference_point": list(self.ref_point) if self.ref_point else None,
                 "reference_point_source": self.ref_point_source,
                 "hypervolume": self.hypervolume, "hypervolume_unit": "dB x GFLOPs",
-                "knee_trial": self.knee, "front": rows(self.front_frame),
+                "knee_trial": self.knee, "parameter_importances": self.importances,
+                "front": rows(self.front_frame),
                 "architectures": rows(self.archs), "trials": rows(self.trials)}
 
 
@@ -257,7 +263,37 @@ def summarize_study(study, storage: str, base: Path | None = None,
                         noise_sd=noise, within_noise=front_within_noise(arch_rows),
                         conventions=dict(study.user_attrs.get("conventions") or {}),
                         axis_labels=dict(study.user_attrs.get("axis_labels") or {}),
-                        param_names=params)
+                        param_names=params, importances=param_importances(trials))
+
+
+def param_importances(trials, min_trials: int = 4) -> dict[str, dict[str, float]]:
+    """fANOVA importance of each outer hyperparameter for each objective (Optuna's
+    ``FanovaImportanceEvaluator``, seeded; Hutter et al. 2014), over the COMPLETE searched
+    trials that sampled their own values (not references, not duplicates).
+
+    Returns:
+        ``{"psnr_db": {param: importance}, "gflops": {...}}`` (importances sum to 1); empty with
+        fewer than ``min_trials`` such trials or no parameter.
+    """
+    import optuna
+
+    own = [t for t in trials if t.state.name == "COMPLETE" and t.params
+           and not t.user_attrs.get("reference") and "duplicate_of" not in t.user_attrs]
+    if len(own) < min_trials:
+        return {}
+    with quiet_optuna():
+        study = optuna.create_study(directions=list(DIRECTIONS))  # in memory, to evaluate
+        study.add_trials(own)
+    out = {}
+    for i, metric in enumerate(METRIC_NAMES):
+        try:
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                target=lambda t, i=i: t.values[i])
+        except (RuntimeError, ValueError):  # e.g. every trial has the same value
+            continue
+        out[metric] = {k: round(float(v), 4) for k, v in imp.items()}
+    return out
 
 
 def _arch_key_of(t) -> str | None:
