@@ -19,7 +19,8 @@ import math
 import torch
 
 from nas.config import PENALTY_KINDS, PenaltyConfig
-from nas.errors import UsageError
+from nas.engine import distributed as dist
+from nas.errors import DivergedError, UsageError
 
 
 def alpha_loss(l1: torch.Tensor, e_flops: torch.Tensor, cfg: PenaltyConfig,
@@ -58,3 +59,38 @@ def batch_psnr(out: torch.Tensor, hr: torch.Tensor) -> float:
     benchmark metric)."""
     mse = ((out.detach().float().clamp(0, 1) - hr.float()) ** 2).mean(dim=(1, 2, 3))
     return float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean())
+
+
+def l1_train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, lq: torch.Tensor,
+                  hr: torch.Tensor, *, amp: bool = False, grad_clip: float = 0.0,
+                  what: str = "training") -> tuple[torch.Tensor, torch.Tensor]:
+    """One L1 step of a fixed network: forward (bf16 autocast on CUDA when ``amp``; the loss in
+    float32), backward, gradients averaged over a ``torchrun`` group, optional gradient-norm
+    clipping, optimiser step. Schedulers and weight averages are the caller's.
+
+    Args:
+        model: maps ``lq (B, 3, h, w)`` to ``(B, 3, H, W)``.
+        opt: its optimiser.
+        lq, hr: the batch (this rank's shard), on the model's device.
+        amp: bf16 autocast (CUDA only).
+        grad_clip: max global gradient norm (0: none).
+        what: names the loop in the error.
+
+    Returns:
+        ``(l1, output)``: the detached loss and the output.
+
+    Raises:
+        DivergedError: the loss is NaN or infinite on any rank.
+    """
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        out = model(lq)
+    loss = torch.nn.functional.l1_loss(out.float(), hr)
+    if not dist.all_true(bool(torch.isfinite(loss))):
+        raise DivergedError(f"{what}: L1 is {float(loss.detach())}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    dist.average_gradients(model.parameters())
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.detach(), out

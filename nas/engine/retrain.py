@@ -31,16 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from nas.config import Config, dump_config
 from nas.config_checks import check_retrain
 from nas.engine import distributed as dist
 from nas.engine.archspec import ArchSpec, build_model
-from nas.engine.objective import batch_psnr
+from nas.engine.objective import batch_psnr, l1_train_step
 from nas.engine.runlog import tensorboard_writer
-from nas.errors import DivergedError, UsageError
+from nas.errors import UsageError
 from nas.io import atomic_torch_save, atomic_write_text, load_checkpoint, truncate_jsonl
 from nas.restoration.data import make_pairs
 from nas.restoration.evaluate import evaluate_sets, model_restore_fn, per_set_means
@@ -169,22 +168,13 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
             lq, hr = lq.to(device), hr.to(device)
             if rc.channels_last and cuda:
                 lq = lq.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                sr = model(lq)
-            loss = F.l1_loss(sr.float(), hr)
-            if not dist.all_true(bool(torch.isfinite(loss))):
-                raise DivergedError(f"retrain step {step}: L1 is {float(loss.detach())}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            dist.average_gradients(model.parameters())
-            if rc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), rc.grad_clip)
-            opt.step()
+            loss, sr = l1_train_step(model, opt, lq, hr, amp=use_amp, grad_clip=rc.grad_clip,
+                                     what=f"retrain step {step}")
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
             step += 1
-            l1 = dist.mean_over_ranks(float(loss.detach()))
+            l1 = dist.mean_over_ranks(float(loss))
             bar.update(1)
             bar.set_postfix(l1=f"{l1:.4f}", psnr=f"{batch_psnr(sr, hr):.2f}")
             if tb is not None:

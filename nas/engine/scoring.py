@@ -28,12 +28,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from nas.config import Config
 from nas.engine import distributed as dist
 from nas.engine.network import build_fixed, canonical_arch
-from nas.errors import DivergedError
+from nas.engine.objective import l1_train_step
 from nas.restoration.data import PairedImage, make_pairs, split_data
 from nas.restoration.evaluate import psnr_on_centre_crops
 from nas.restoration.patches import PatchStream
@@ -184,16 +183,8 @@ def score_architecture(cfg: Config, space: SearchSpace, arch: Mapping[str, Any],
         net.train()
         for step in range(sc.steps):
             lq, hr = (t.to(device) for t in sampler.next())
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                out = net(lq)
-            loss = F.l1_loss(out.float(), hr)
-            if not dist.all_true(bool(torch.isfinite(loss))):
-                raise DivergedError(f"scoring step {step}: L1 is {float(loss.detach())}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            dist.average_gradients(net.parameters())
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
+            l1_train_step(net, opt, lq, hr, amp=use_amp, grad_clip=1.0,
+                          what=f"scoring step {step}")
             sched.step()
         psnr = psnr_on_centre_crops(net, splits.score, cfg.task, sc.max_eval_side,
                                     lambda t: t.to(device))
