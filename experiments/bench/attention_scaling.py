@@ -64,7 +64,8 @@ Usage::
 
     python experiments/bench/attention_scaling.py [--device auto|cpu|cuda] [--threads N]
         [--sizes 32 64 ...] [--ops acla nla ...] [--keys 9] [--mem-cap-gib 8]
-        [--no-search-step] [--search-config experiments/search/sr_x2_small.yaml] [--out results/bench]
+        [--no-operators] [--no-search-step]
+        [--search-config experiments/search/sr_x2_small.yaml] [--out results/bench]
 """
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads (torch.set_num_threads); 0 keeps PyTorch's default")
+    p.add_argument("--operators", action=argparse.BooleanOptionalAction, default=True,
+                   help="table 1, the operators (--no-operators: only the search step)")
     p.add_argument("--search-step", action=argparse.BooleanOptionalAction, default=True,
                    help="also write table 2 (search_step.csv)")
     p.add_argument("--search-config", type=Path, default=ROOT / "experiments" / "search" / "sr_x2_small.yaml")
@@ -380,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 else f"cpu {torch.get_num_threads()} thread(s)")
     rows: list[dict] = []
     t_start = time.perf_counter()
-    for size in args.sizes:
+    for size in args.sizes if args.operators else []:
         size_rows, built, exact = [], {}, {}
         for name in args.ops:
             op, num_refs, cfg, _ = op_config(name, args.keys)
@@ -421,27 +424,28 @@ def main(argv: list[str] | None = None) -> int:
                 row[key] = round(row["fwd_bwd_ms"] / ref["fwd_bwd_ms"], 4)
                 if ref_op == "nla" and ref["peak_mem_mb"]:
                     row["ratio_mem_vs_nla"] = round(row["peak_mem_mb"] / ref["peak_mem_mb"], 4)
-    csv_path = args.out / "attention_scaling.csv"
-    write_csv(csv_path, COLUMNS, rows)
-    png_path = args.out / "attention_scaling.png"
-    plot(rows, png_path)
-    print(f"\nwrote {csv_path} and {png_path} ({time.perf_counter() - t_start:.0f} s, {dev_name})")
-    print("slope of log(time) vs log(H·W): all sizes / sizes >= 64x64")
-    for name in args.ops:
-        print(f"  {name:16s} {slope(rows, name):6.3f} / {slope(rows, name, 64 * 64):6.3f}")
-    at128 = {r["op"]: r for r in rows if r["size"] == 128 and r["fwd_bwd_ms"] != ""}
-    for name, r in at128.items():
-        parts = [f"128x128 {name}: {r['fwd_bwd_ms']} ms, {r['peak_mem_mb']} MiB, "
-                 f"{r['gflops_per_s']} GFLOP/s"]
-        if r["ratio_time_vs_rela"] != "":
-            parts.append(f"time/rela {r['ratio_time_vs_rela']:.3f}")
-        if r["ratio_time_vs_nla"] != "":
-            parts.append(f"nla/time {1 / r['ratio_time_vs_nla']:.1f}x")
-        print(", ".join(parts))
-    if "acla" in at128 and "acla_grid_sample" in at128:
-        a, old = at128["acla"], at128["acla_grid_sample"]
-        print(f"128x128 acla vs acla_grid_sample: time x{a['fwd_bwd_ms'] / old['fwd_bwd_ms']:.3f}, "
-              f"memory x{a['peak_mem_mb'] / old['peak_mem_mb']:.3f}")
+    if rows:
+        csv_path = args.out / "attention_scaling.csv"
+        write_csv(csv_path, COLUMNS, rows)
+        png_path = args.out / "attention_scaling.png"
+        plot(rows, png_path)
+        print(f"\nwrote {csv_path} and {png_path} ({time.perf_counter() - t_start:.0f} s, {dev_name})")
+        print("slope of log(time) vs log(H·W): all sizes / sizes >= 64x64")
+        for name in args.ops:
+            print(f"  {name:16s} {slope(rows, name):6.3f} / {slope(rows, name, 64 * 64):6.3f}")
+        at128 = {r["op"]: r for r in rows if r["size"] == 128 and r["fwd_bwd_ms"] != ""}
+        for name, r in at128.items():
+            parts = [f"128x128 {name}: {r['fwd_bwd_ms']} ms, {r['peak_mem_mb']} MiB, "
+                     f"{r['gflops_per_s']} GFLOP/s"]
+            if r["ratio_time_vs_rela"] != "":
+                parts.append(f"time/rela {r['ratio_time_vs_rela']:.3f}")
+            if r["ratio_time_vs_nla"] != "":
+                parts.append(f"nla/time {1 / r['ratio_time_vs_nla']:.1f}x")
+            print(", ".join(parts))
+        if "acla" in at128 and "acla_grid_sample" in at128:
+            a, old = at128["acla"], at128["acla_grid_sample"]
+            print(f"128x128 acla vs acla_grid_sample: time x{a['fwd_bwd_ms'] / old['fwd_bwd_ms']:.3f}, "
+                  f"memory x{a['peak_mem_mb'] / old['peak_mem_mb']:.3f}")
     if args.search_step:
         t0 = time.perf_counter()
         step_rows = search_step_rows(args.search_config, device, args.step_repeats, args.seed,
