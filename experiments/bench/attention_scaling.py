@@ -15,13 +15,15 @@ training mode, and writes
 and prints the log-log slope of time versus ``H·W`` per operator and the 128x128 ratios.
 
 Table 2 (:func:`search_step_rows`, skipped with ``--no-search-step``) times one step of the
-supernet search on the ``--search-config`` space (default ``experiments/search/sr_x2_small.yaml``:
-edsr-small, SR x2, batch 8, HR patch 48, ops [skip, acla], max_refs 2, keys [0, 2, 4, 9]): one
+supernet search on each ``--search-config`` space (default: ``experiments/search/sr_x2_small.yaml``,
+edsr-small, SR x2, batch 8, HR patch 48, ops [skip, acla] at all 8 points, max_refs 2, keys
+[0, 2, 4, 9] - the space of the quickstart before 0.2 - and ``experiments/quickstart.yaml``,
+edsr-tiny, SR x4, batch 8, HR patch 96, ACLA at b01-b03 reading 1 layer, keys [0, 4, 9]): one
 weight step on a batch, then one alpha step on another batch, as the search does (L1 loss;
 alpha step: L1 + linear FLOPs penalty on E[F]; Adam for both), with the architecture pinned:
 every point ``skip`` (the plain backbone) versus ACLA at every point reading ``k`` keys from every
 reference, for each ``k > 0`` of the space. It writes ``results/bench/search_step.csv`` with
-columns ``arch, keys_per_ref, device, step_ms, ratio_vs_skip, peak_mem_mb, gflops_720p`` (the
+columns ``config, arch, keys_per_ref, device, step_ms, ratio_vs_skip, peak_mem_mb, gflops_720p`` (the
 last: FLOPs of the pinned network per image at the cost model's reference size, a 1280x720
 output, from ``Supernet.cost.exact``).
 
@@ -65,7 +67,7 @@ Usage::
     python experiments/bench/attention_scaling.py [--device auto|cpu|cuda] [--threads N]
         [--sizes 32 64 ...] [--ops acla nla ...] [--keys 9] [--mem-cap-gib 8]
         [--no-operators] [--no-search-step]
-        [--search-config experiments/search/sr_x2_small.yaml] [--out results/bench]
+        [--search-config CONFIG ...] [--out results/bench]
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ SIZES = [32, 48, 64, 96, 128, 192, 256]
 COLUMNS = ["op", "size", "hw", "device", "keys", "fwd_bwd_ms", "peak_mem_mb", "analytic_gflops",
            "gflops_per_s", "gflops_per_s_rule", "ratio_time_vs_nla", "ratio_mem_vs_nla",
            "ratio_time_vs_rela", "note"]
-STEP_COLUMNS = ["arch", "keys_per_ref", "device", "step_ms", "ratio_vs_skip", "peak_mem_mb",
+STEP_COLUMNS = ["config", "arch", "keys_per_ref", "device", "step_ms", "ratio_vs_skip", "peak_mem_mb",
                 "gflops_720p"]
 #: the stated convention for achieved GFLOP/s (written into the CSV)
 GFLOPS_RULE = "3 x forward analytic FLOPs (FLOPs = 2 x MACs) / fwd_bwd_ms"
@@ -129,7 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="table 1, the operators (--no-operators: only the search step)")
     p.add_argument("--search-step", action=argparse.BooleanOptionalAction, default=True,
                    help="also write table 2 (search_step.csv)")
-    p.add_argument("--search-config", type=Path, default=ROOT / "experiments" / "search" / "sr_x2_small.yaml")
+    p.add_argument("--search-config", type=Path, nargs="+",
+                   default=[ROOT / "experiments" / "search" / "sr_x2_small.yaml",
+                            ROOT / "experiments" / "quickstart.yaml"])
     p.add_argument("--step-repeats", type=int, default=9)
     return p.parse_args(argv)
 
@@ -361,7 +365,8 @@ def search_step_rows(config_path: Path, device: torch.device, repeats: int, seed
     t_skip = statistics.median(times[0])
     for (name, k, arch), (clear, step), ts in zip(archs, steps, times):
         t = statistics.median(ts)
-        rows.append({"arch": name if name == "skip" else f"acla_everywhere_k{k}",
+        rows.append({"config": config_path.name,
+                     "arch": name if name == "skip" else f"acla_everywhere_k{k}",
                      "keys_per_ref": k, "device": dev_name, "step_ms": round(1e3 * t, 2),
                      "ratio_vs_skip": round(t / t_skip, 4),
                      "peak_mem_mb": round(peak_memory_mb(step, clear, device), 2),
@@ -448,13 +453,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"memory x{a['peak_mem_mb'] / old['peak_mem_mb']:.3f}")
     if args.search_step:
         t0 = time.perf_counter()
-        step_rows = search_step_rows(args.search_config, device, args.step_repeats, args.seed,
-                                     dev_name)
+        step_rows = [r for c in args.search_config
+                     for r in search_step_rows(c, device, args.step_repeats, args.seed, dev_name)]
         step_path = args.out / "search_step.csv"
         write_csv(step_path, STEP_COLUMNS, step_rows)
         print(f"\nwrote {step_path} ({time.perf_counter() - t0:.0f} s)")
         for r in step_rows:
-            print(f"  {r['arch']:22s} {r['step_ms']:9.1f} ms  x{r['ratio_vs_skip']:.3f}  "
+            print(f"  {r['config']:18s} {r['arch']:22s} {r['step_ms']:9.1f} ms  x{r['ratio_vs_skip']:.3f}  "
                   f"{r['peak_mem_mb']:8.1f} MiB  {r['gflops_720p']:.3f} GFLOPs at 720p")
     return 0
 
