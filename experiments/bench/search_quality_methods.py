@@ -150,6 +150,9 @@ def run_methods(args) -> None:
     paper_key = arch_key(canonical(space, paper))
     score_seconds = statistics.fmean(s for g in gt.values() for s in g["seconds"])
     args.work.mkdir(parents=True, exist_ok=True)
+    wanted = set(args.methods or ["ours", "random", PAPER, "nni-darts", "nni-gumbel"])
+    done |= {(m, s) for m in {"ours", "random", PAPER, "nni-darts", "nni-gumbel"} - wanted
+             for s in range(max(args.search_seeds, *(args.seeds or [0])) + 1)}
     for seed in (args.seeds if args.seeds else range(args.search_seeds)):
         if ("ours", seed) not in done:
             rows, seconds, tau = _ours(args, cfg, seed, gt)
