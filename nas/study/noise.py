@@ -119,7 +119,10 @@ def front_within_noise(rows: Sequence[dict]) -> bool:
 
 def measure_noise(setup, study, storage, device: Any = "cpu", log=None, group=None) -> int:
     """Score the front's architectures, the references and the plain backbone with seeds
-    ``0 .. score.noise_seeds-1`` (missing scores only).
+    ``0 .. score.noise_seeds-1`` (missing scores only), until every architecture on the front
+    has them: new seeds move means, so an architecture can join the front only after a round
+    (e.g. when the plain backbone's mean drops), and it is then scored too - the front never
+    compares a mean over several seeds with a single seed's score.
 
     Args:
         setup, study, storage: the study.
@@ -138,29 +141,30 @@ def measure_noise(setup, study, storage, device: Any = "cpu", log=None, group=No
     cache: ScoreCache = study_score_cache(study, storage,
                                           run=group.score if group is not None else None)
     sid = storage.get_study_id_from_name(study.study_name)
-    sys_attrs = storage.get_study_system_attrs(sid)
-    protocol = sys_attrs.get(PROTOCOL_ATTR)
+    protocol = storage.get_study_system_attrs(sid).get(PROTOCOL_ATTR)
     if protocol is None:
         return 0
-    rows = architecture_rows(study.get_trials(deepcopy=False), scores_by_arch(sys_attrs, protocol),
-                             sys_attrs.get(PLAIN_ATTR))
-    archs = [r["arch"] for r in rows if (r["front"] or r["references"]) and r["arch"]]
-    plain = {p.op_label(): "skip" for p in space}
-    archs.append(plain)
+    from nas.engine.network import canonical_arch
+
+    plain = canonical_arch(space, space.validate({p.op_label(): "skip" for p in space}))
     runs = 0
-    seen = set()
-    for arch in archs:
-        key = arch_key(arch)
-        if key in seen:
-            continue
-        seen.add(key)
+    for _ in range(len(study.get_trials(deepcopy=False)) + 2):  # each round adds a front point
+        sys_attrs = storage.get_study_system_attrs(sid)
+        scores = scores_by_arch(sys_attrs, protocol)
+        rows = architecture_rows(study.get_trials(deepcopy=False), scores,
+                                 sys_attrs.get(PLAIN_ATTR))
+        wanted = [r["arch"] for r in rows if (r["front"] or r["references"]) and r["arch"]]
+        todo = {arch_key(a): a for a in [*wanted, plain]
+                if sum(s in scores.get(arch_key(a), {}) for s in range(n)) < n}
+        if not todo:
+            break
+        for key, arch in todo.items():
+            def counted(_score, key=key):
+                nonlocal runs
+                runs += 1
+                if log is not None:
+                    log(f"noise floor: {key} seed {_score.seed}: {_score.psnr_db:.3f} dB "
+                        f"({_score.seconds:.0f} s)")
 
-        def counted(_score):
-            nonlocal runs
-            runs += 1
-            if log is not None:
-                log(f"noise floor: {key} seed {_score.seed}: {_score.psnr_db:.3f} dB "
-                    f"({_score.seconds:.0f} s)")
-
-        cache.scores(cfg, space, arch, range(n), device=device, on_run=counted)
+            cache.scores(cfg, space, arch, range(n), device=device, on_run=counted)
     return runs
