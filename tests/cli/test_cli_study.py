@@ -271,7 +271,8 @@ def test_readme_first_command_runs_on_a_fresh_clone(tmp_path):
     log = (tmp_path / "first.log").open("w")
     p = subprocess.Popen(["bash", "-c", first], cwd=clone, env=env, stdout=log,
                          stderr=subprocess.STDOUT, start_new_session=True)
-    started = clone / "runs" / "quickstart" / "trials" / "0" / "config.yaml"
+    # trial 0 is the no_attention reference: its ArchSpec is written before it is scored
+    started = clone / "runs" / "quickstart" / "trials" / "0" / "arch.json"
     try:
         wait_for(lambda: started.is_file() or p.poll() is not None, timeout=600,
                  what="the first trial of the quickstart")
