@@ -258,7 +258,7 @@ def test_readme_first_command_runs_on_a_fresh_clone(tmp_path):
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
     first, second = _readme_commands()[:2]
-    assert "acla-nas search -c experiments/quickstart.yaml" in first
+    assert "python -m nas search -c experiments/quickstart.yaml" in first
     assert "pytest" in second
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
