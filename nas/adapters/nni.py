@@ -70,16 +70,15 @@ class _SamplerBatches(torch.utils.data.Dataset):
     generator, as :class:`nas.engine.supernet_search.SupernetSearch` draws them.
     """
 
-    def __init__(self, sampler, batch_size: int, length: int) -> None:
+    def __init__(self, sampler, length: int) -> None:
         self.sampler = sampler
-        self.batch_size = batch_size
         self.length = length
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, idx: int):
-        return self.sampler.sample(self.batch_size)
+        return self.sampler.next()
 
 
 # --------------------------------------------------------------------------------- run
@@ -173,9 +172,9 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
     spe = steps // epochs
     bs = cfg.data.batch_size
     train_loader = DataLoader(_SamplerBatches(PatchStream(train_pairs, task, p, bs, seed=cfg.seed),
-                                              cfg.data.batch_size, spe), batch_size=None)
+                                              spe), batch_size=None)
     val_loader = DataLoader(_SamplerBatches(PatchStream(val_pairs, task, p, bs, seed=cfg.seed + 1),
-                                            cfg.data.batch_size, spe), batch_size=None)
+                                            spe), batch_size=None)
 
     model_space = ns.AttentionModelSpace(cfg.space, task)
     space = model_space.space

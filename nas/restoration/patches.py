@@ -313,10 +313,6 @@ class PatchStream:
         self.step += 1
         return lq, hr
 
-    def sample(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`next` (``batch_size`` is fixed by the stream and ignored)."""
-        return self.next()
-
     def state_dict(self) -> dict:
         """``{"step": t}``: the next step the stream will serve."""
         return {"step": self.step}

@@ -94,7 +94,7 @@ def test_every_operator_logit_learns_on_every_alpha_step(tmp_path):
         search.opt.zero_grad()
         tau = 1.0
         _, dec = search.model.sample(tau, all_candidates=True)
-        lq, hr = search.sampler.sample(4)
+        lq, hr = search.sampler.next()
         out = search.model(lq, dec)
         torch.nn.functional.l1_loss(out, hr).backward()
         for p in search.model.space:
