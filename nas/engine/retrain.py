@@ -38,7 +38,7 @@ from nas.config_checks import check_retrain
 from nas.engine import distributed as dist
 from nas.engine.archspec import ArchSpec, build_model
 from nas.engine.objective import batch_psnr, l1_train_step
-from nas.engine.runlog import tensorboard_writer
+from nas.engine.runlog import RunLog
 from nas.errors import UsageError
 from nas.io import atomic_torch_save, atomic_write_text, load_checkpoint, truncate_jsonl
 from nas.restoration.data import make_pairs
@@ -149,11 +149,12 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
     elif main:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
         spec.save(out / "arch.json")
-    tb = tensorboard_writer(out / "tb", "retrain.tensorboard") if rc.tensorboard and main else None
+    vlog = RunLog(out / "val.jsonl", out / "tb" if rc.tensorboard else None,
+                  "retrain.tensorboard", phase="metrics")
+    tb = vlog.tb
     t0 = time.perf_counter()
     bar = tqdm(total=rc.steps, initial=step, desc="retrain", unit="step",
                disable=not (progress and main), dynamic_ncols=True)
-    vlog = (out / "val.jsonl").open("a") if main else None
 
     def weights() -> dict:
         w = {"params": model.state_dict()}
@@ -187,12 +188,7 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
                     if ema is not None:
                         row["val_psnr_ema"] = _validate(ema.module, val_pairs, check_pairs, task,
                                                         device)
-                    vlog.write(json.dumps(row) + "\n")
-                    vlog.flush()
-                    if tb is not None:
-                        for k in ("val_psnr", "val_psnr_ema"):
-                            if k in row:
-                                tb.add_scalar(f"metrics/{k}", row[k], step)
+                    vlog.write(row)
                     score = row.get("val_psnr_ema", row["val_psnr"])
                     if score > best:
                         best = score
@@ -209,10 +205,7 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
                 return {"best_val_psnr_db": best, "steps": step, "stopped": True}
     finally:
         stream.close()
-        if vlog is not None:
-            vlog.close()
-        if tb is not None:
-            tb.close()
+        vlog.close()
         bar.close()
     seconds = time.perf_counter() - t0
     result: dict[str, Any] = {"best_val_psnr_db": best, "steps": step, "seconds": seconds,

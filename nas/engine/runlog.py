@@ -1,9 +1,9 @@
 """Run logs: a JSON-lines file on rank 0, plus TensorBoard scalars when asked for.
 
 TensorBoard (``search.tensorboard``, ``retrain.tensorboard``) is an optional dependency (the
-``tensorboard`` extra) and off by default. Scalars are written under the row's ``phase``
-(``supernet/l1``, ``alpha/e_gflops``, ...) at the row's ``step``; gate probabilities
-(``probs``: ``{label: {value: p}}``) as ``gates/<label>/<value>``.
+``tensorboard`` extra) and off by default. Scalars are written under the row's ``phase``, or the
+log's own (``supernet/l1``, ``alpha/e_gflops``, ``metrics/val_psnr``, ...) at the row's
+``step``; gate probabilities (``probs``: ``{label: {value: p}}``) as ``gates/<label>/<value>``.
 """
 
 from __future__ import annotations
@@ -38,14 +38,18 @@ def tensorboard_writer(folder: Path, field: str):
 class RunLog:
     """Append rows to ``path`` (JSON lines) on rank 0, and to TensorBoard in ``tb_dir`` if given.
 
-    A context manager; on ranks other than 0 it writes nothing.
+    A context manager; on ranks other than 0 it writes nothing. ``phase`` prefixes the scalars
+    of rows that carry no ``phase`` of their own; :attr:`tb` (``None`` without TensorBoard) takes
+    further scalars.
 
     Raises:
         UsageError: ``tb_dir`` given but TensorBoard is not installed.
     """
 
-    def __init__(self, path: Path, tb_dir: Path | None = None, field: str = "tensorboard"):
+    def __init__(self, path: Path, tb_dir: Path | None = None, field: str = "tensorboard",
+                 phase: str = "train"):
         self.main = dist.is_main()
+        self.phase = phase
         self.file = Path(path).open("a") if self.main else open(os.devnull, "w")
         try:
             self.tb = tensorboard_writer(tb_dir, field) if tb_dir is not None and self.main \
@@ -60,7 +64,7 @@ class RunLog:
         self.file.flush()
         if self.tb is None:
             return
-        phase, step = row.get("phase", "train"), int(row["step"])
+        phase, step = row.get("phase", self.phase), int(row["step"])
         for k, v in row.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
                 self.tb.add_scalar(f"{phase}/{k}", v, step)
