@@ -47,7 +47,11 @@ def child(a: argparse.Namespace) -> None:
     task = Task("sr", scale=a.scale)
     # the N largest images: the largest image (which sets the peak of preparing one image at
     # a time) is the same for every N, so what is left is the dependence on the count
-    files = sorted(list_images(a.folder), key=lambda f: -Image.open(f).size[0] * Image.open(f).size[1])
+    def pixels_of(f):
+        w, h = Image.open(f).size
+        return w * h
+
+    files = sorted(list_images(a.folder), key=pixels_of, reverse=True)
     files = files[:a.n]
     base = rss_mib()
     if a.kind == "memory":

@@ -41,12 +41,7 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "nas", "search", "-c", str(a.config), "--out",
                     str(a.out)], check=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - t0
-    subprocess.run([sys.executable, "-m", "nas", "pareto", str(a.out), "--plot",
-                    str(a.out / "pareto.png")], check=True, cwd=ROOT)
-    summary = json.loads(subprocess.run([sys.executable, "-m", "nas", "pareto", str(a.out), "-f",
-                                         "json"], check=True, cwd=ROOT, capture_output=True,
-                                        text=True).stdout)
-    (a.out / "pareto.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = json.loads((a.out / "pareto.json").read_text())  # written by the study
 
     from nas.config import load_config
     from nas.study.run import prepare_study

@@ -151,10 +151,12 @@ def run_methods(args) -> None:
     score_seconds = statistics.fmean(s for g in gt.values() for s in g["seconds"])
     args.work.mkdir(parents=True, exist_ok=True)
     wanted = set(args.methods or ["ours", "random", PAPER, "nni-darts", "nni-gumbel"])
-    done |= {(m, s) for m in {"ours", "random", PAPER, "nni-darts", "nni-gumbel"} - wanted
-             for s in range(max(args.search_seeds, *(args.seeds or [0])) + 1)}
+
+    def todo(method: str, seed: int) -> bool:
+        return method in wanted and (method, seed) not in done
+
     for seed in (args.seeds if args.seeds else range(args.search_seeds)):
-        if ("ours", seed) not in done:
+        if todo("ours", seed):
             rows, seconds, tau = _ours(args, cfg, seed, gt)
             for r in rows:
                 _append(runs, {"method": "ours", "seed": seed, **r, "seconds": f"{seconds:.1f}"})
@@ -164,7 +166,7 @@ def run_methods(args) -> None:
             print(f"ours seed {seed}: {len(rows)} architectures, {seconds:.0f} s, tau {tau:.3f}",
                   flush=True)
         ours = [r for r in _rows(runs) if r["method"] == "ours" and int(r["seed"]) == seed]
-        if ("random", seed) not in done:
+        if todo("random", seed):
             # equal compute: ours scored len(ours) architectures and spent its search time on top
             n = len(ours) + round(float(ours[0]["seconds"]) / score_seconds)
             rng = random.Random(1000 + seed)
@@ -174,13 +176,13 @@ def run_methods(args) -> None:
                                "own_psnr_db": gt[k]["scores"][0], "gflops": gt[k]["gflops"],
                                "seconds": f"{n * score_seconds:.1f}"})
             print(f"random seed {seed}: {min(n, len(keys))} architectures", flush=True)
-        if (PAPER, seed) not in done:
+        if todo(PAPER, seed):
             _append(runs, {"method": PAPER, "seed": seed, "arch_key": paper_key,
                            "own_psnr_db": gt[paper_key]["scores"][0],
                            "gflops": gt[paper_key]["gflops"], "seconds": "0"})
         for strategy in ("darts", "gumbel"):
             name = f"nni-{strategy}"
-            if (name, seed) in done:
+            if not todo(name, seed):
                 continue
             total = 0.0
             for lam in args.nni_lambdas:
