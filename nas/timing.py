@@ -1,6 +1,7 @@
 """Measurement helpers shared by the benchmark scripts in ``experiments/bench/``.
 
 * :func:`time_step`: median wall time of a callable (warm-up steps first, CUDA synchronised).
+* :func:`interleaved_ms`: median wall times of several callables timed in interleaved rounds.
 * :func:`peak_memory_mb`: peak *extra* tensor memory of one call. On CUDA
   ``max_memory_allocated - memory_allocated`` after ``reset_peak_memory_stats``; on the CPU the
   running sum of the allocator's ``[memory]`` events recorded by
@@ -66,3 +67,28 @@ def peak_memory_mb(step: Callable[[], None], clear: Callable[[], None],
         live += e.nbytes()
         peak = max(peak, live)
     return peak / 2**20
+
+
+def interleaved_ms(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int,
+                   repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of each step, timed in interleaved rounds (one step of every entry
+    per round, after ``warmup`` untimed rounds) so that slow phases of a shared machine hit all
+    entries alike; an entry whose warm-up step takes more than 5 s gets 3 timed steps only."""
+    slow = set()
+    for _ in range(max(warmup, 1)):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            if time.perf_counter() - t0 > 5.0:
+                slow.add(name)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(repeats):
+        for name, step in steps.items():
+            if name in slow and r >= 3:
+                continue
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}

@@ -49,12 +49,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-for p in (ROOT, Path(__file__).resolve().parent):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from attention_scaling import interleaved_ms  # noqa: E402
-
+from nas.timing import interleaved_ms  # noqa: E402
 from search_spaces.operators import OPERATORS  # noqa: E402
 
 COLUMNS = ["sampler", "mode", "family", "keys_per_ref", "keep_target", "keep_measured", "device",

@@ -88,7 +88,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nas.timing import peak_memory_mb, sync  # noqa: E402
+from nas.timing import interleaved_ms, peak_memory_mb, sync  # noqa: E402
 from search_spaces.operators import OPERATORS  # noqa: E402
 
 #: benchmark name -> (registered operator, num_refs, constructor config, ACLA sampler or None).
@@ -168,31 +168,6 @@ def build(name: str, channels: int, size: int, device: torch.device, keys: int =
         module(x, refs).backward(grad)
 
     return clear, step
-
-
-def interleaved_ms(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int,
-                   repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of each step, timed in interleaved rounds (one step of every entry
-    per round, after ``warmup`` untimed rounds) so that slow phases of a shared machine hit all
-    entries alike; an entry whose warm-up step takes more than 5 s gets 3 timed steps only."""
-    slow = set()
-    for _ in range(max(warmup, 1)):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            sync(device)
-            if time.perf_counter() - t0 > 5.0:
-                slow.add(name)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(repeats):
-        for name, step in steps.items():
-            if name in slow and r >= 3:
-                continue
-            t0 = time.perf_counter()
-            step()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
 def nla_skip_reason(size: int, cap_gib: float) -> str | None:

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 from nas.config import load_config  # noqa: E402
 from nas.engine.network import Decision  # noqa: E402
 from nas.engine.supernet import Supernet  # noqa: E402
-from nas.timing import peak_memory_mb, time_step  # noqa: E402
+from nas.timing import interleaved_ms, peak_memory_mb  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archs", type=int, default=8)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=48, help="HR patch side")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
         f"cpu {torch.get_num_threads()} thread(s)"
     cfg = load_config(args.config)
-    task = cfg.task_obj()
+    task = cfg.task
     torch.manual_seed(args.seed)
     sn = Supernet(cfg.space, task).to(dev).train()
     with torch.no_grad():  # move the zero-initialised projections off zero: all branches live
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             fx_clear()
             F.l1_loss(fixed(lq), hr).backward()
 
-        t_sn = time_step(sn_step, dev, 2, args.repeats)
-        t_fx = time_step(fx_step, dev, 2, args.repeats)
+        times = interleaved_ms({"supernet": sn_step, "fixed": fx_step}, dev, 2, args.repeats)
+        t_sn, t_fx = times["supernet"], times["fixed"]
         m_sn = peak_memory_mb(sn_step, sn_clear, dev)
         m_fx = peak_memory_mb(fx_step, fx_clear, dev)
         n_att = sum(1 for k, v in arch.items() if k.endswith("/op") and v != "skip")
