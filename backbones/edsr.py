@@ -113,8 +113,13 @@ class EDSR(nn.Module):
         num_out_ch: int = 3,
     ) -> None:
         super().__init__()
-        if num_feat < 1 or num_block < 1:
-            raise ValueError(f"num_feat and num_block must be >= 1, got {num_feat}, {num_block}")
+        for name, v in (("num_feat", num_feat), ("num_block", num_block), ("scale", scale),
+                        ("num_in_ch", num_in_ch), ("num_out_ch", num_out_ch)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if isinstance(res_scale, bool) or not isinstance(res_scale, (int, float)) \
+                or not 0 < res_scale < float("inf"):
+            raise ValueError(f"res_scale must be a positive number, got {res_scale!r}")
         if tail == "upsample" and scale not in (2, 3, 4):
             raise ValueError(f"scale must be 2, 3 or 4 for tail='upsample', got {scale}")
         if tail == "conv" and scale != 1:

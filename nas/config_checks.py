@@ -132,7 +132,7 @@ def check_config(cfg: Config, where: str = "config") -> None:
         UsageError: the first problem found, naming ``where`` and the dotted field.
     """
     from backbones import build_backbone
-    from search_spaces.space import SearchSpace
+    from search_spaces.space import SearchSpace, check_op_config
 
     try:
         if not isinstance(cfg.name, str) or not cfg.name or "/" in cfg.name:
@@ -148,6 +148,7 @@ def check_config(cfg: Config, where: str = "config") -> None:
         tail = "upsample" if cfg.task.name == "sr" else "conv"
         backbone = build_backbone(cfg.space.backbone, cfg.task.scale, tail)
         SearchSpace(cfg.space, backbone.config.num_block)
+        check_op_config(cfg.space, backbone.config.num_feat)
     except UsageError as e:
         msg = str(e)
         raise UsageError(msg if msg.startswith(where) else f"{where}: {msg}") from None

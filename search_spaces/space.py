@@ -88,6 +88,25 @@ class SpaceConfig:
     refs: dict = field(default_factory=dict)
 
 
+def check_op_config(config: SpaceConfig, channels: int, where: str = "space") -> None:
+    """Build every operator of ``config.op_config`` once at ``channels`` channels (one reference
+    for operators that read references), so that a keyword the operator does not take or a
+    value it refuses is reported before anything is written or trained.
+
+    Raises:
+        UsageError: ``<where>.op_config.<op>: <the operator's message>``.
+    """
+    from search_spaces.operators import OPERATORS
+
+    for op, kw in config.op_config.items():
+        cls = OPERATORS.get(op)
+        extra = {"num_refs": 1} if getattr(cls, "uses_refs", False) and "num_refs" not in kw else {}
+        try:
+            cls(channels, **extra, **kw)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"{where}.op_config.{op}: {e}") from None
+
+
 class SearchSpace:
     """The resolved search space.
 

@@ -42,9 +42,10 @@ def test_the_full_size_configs_exist():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(REPO).as_posix())
-def test_shipped_config_loads(path, div2k_like):
+def test_shipped_config_loads(path, request):
     over = []
     if path in DIV2K:  # where the README tells users to put DIV2K, here the T91 stand-in
+        div2k_like = request.getfixturevalue("div2k_like")  # only these need the T91 images
         over = [f"data.source={div2k_like / 'HR'}", f"data.lr_source={div2k_like / 'LR'}"]
     cfg = load_config(path, over)
     assert cfg.name and cfg.data.patch_size % cfg.task.hr_modulo == 0

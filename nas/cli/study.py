@@ -24,11 +24,15 @@ RUNS = Path("runs")
 def _parse_ref_point(text: str | None) -> tuple[float, float] | None:
     if text is None:
         return None
+    import math
+
     try:
         a, b = (float(v) for v in text.split(","))
     except ValueError:
         raise UsageError(f"--ref-point: expected PSNR_DB,GFLOPS like 30.5,2.0, got {text!r}") \
             from None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise UsageError(f"--ref-point: expected finite numbers, got {text!r}")
     return a, b
 
 
@@ -155,7 +159,7 @@ def pareto_args(p: argparse.ArgumentParser) -> None:
 
 def run_pareto(args: argparse.Namespace) -> int:
     """All trials and the Pareto front of a study, hypervolume, knee; optional plot."""
-    from nas.study.summary import open_existing, plot_summary, summarize_study
+    from nas.study.summary import check_plot_path, open_existing, plot_summary, summarize_study
 
     ref = _parse_ref_point(args.ref_point)
     study, base, shown, st = open_existing(args.study_target, args.storage, args.study_name)
@@ -177,6 +181,7 @@ def run_pareto(args: argparse.Namespace) -> int:
     if args.plot is not None:
         if not len(s.archs):
             raise UsageError(f"--plot: study {s.name} has no trial to plot")
+        check_plot_path(args.plot)
         path = plot_summary(s, args.plot)
         print(f"plot: {path}", file=sys.stderr)
     return 0

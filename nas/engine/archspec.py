@@ -117,9 +117,12 @@ class ArchSpec:
                    choices=dict(d["choices"]), probs=dict(d.get("probs") or {}),
                    cost=dict(d.get("cost") or {}), provenance=dict(d.get("provenance") or {}),
                    source=source)
+        from search_spaces.space import check_op_config
+
         try:
             spec.task_obj()
             spec.search_space().validate(spec.choices)
+            check_op_config(spec.space_config(), int(backbone.get("num_feat", 64)))
         except UsageError as e:
             raise UsageError(f"{source}: {e}") from None
         return spec

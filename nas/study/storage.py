@@ -92,7 +92,10 @@ def parse_storage(spec: str | None, out_dir: str | os.PathLike | None = None) ->
             raise UsageError("--storage: no storage given")
         return StorageSpec("sqlite", default_storage_url(out_dir), Path(out_dir))
     if spec.startswith("journal:") or ("://" not in spec and spec.endswith(".log")):
-        path = Path(spec[len("journal:"):] if spec.startswith("journal:") else spec)
+        raw = spec[len("journal:"):] if spec.startswith("journal:") else spec
+        if not raw.strip():
+            raise UsageError(f"--storage {spec}: no journal file given (journal:FILE)")
+        path = Path(raw)
         return StorageSpec("journal", str(path), path.parent)
     if "://" not in spec:
         raise UsageError(f"--storage {spec}: expected sqlite:///FILE, journal:FILE, a .log path "
@@ -205,6 +208,9 @@ def open_storage(spec: StorageSpec, *, heartbeat_interval: int | None = None,
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         except (OSError, ValueError) as e:
             raise UsageError(f"{path}: cannot open journal storage ({e})") from None
+        except (KeyError, TypeError, AttributeError) as e:  # lines that are no journal operations
+            raise UsageError(f"{path}: not an Optuna journal ({e.__class__.__name__}: {e})") \
+                from None
     kwargs: dict[str, Any] = {}
     if spec.kind == "sqlite":
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}

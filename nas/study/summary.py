@@ -44,8 +44,10 @@ def open_existing(target: str, storage: str | None = None, name: str | None = No
         name = name or target
     else:
         spec = storage_of_target(target)
-    st = open_storage(spec, create=False)
     shown = spec.display()
+    if spec.kind == "sqlite" and spec.path is not None:
+        check_study_database(spec.path)
+    st = open_storage(spec, create=False)
     names = optuna.get_all_study_names(st)
     if name is None:
         if len(names) == 1:
@@ -59,7 +61,32 @@ def open_existing(target: str, storage: str | None = None, name: str | None = No
                          f"{', '.join(names) or '(none)'}")
     with quiet_optuna():
         study = optuna.load_study(study_name=name, storage=st)
+    if len(study.directions) != 2 or [d.name for d in study.directions] != ["MAXIMIZE", "MINIMIZE"]:
+        raise UsageError(f"{shown}: study {name!r} is not a PSNR (maximize) / GFLOPs (minimize) "
+                         f"study: its directions are {[d.name.lower() for d in study.directions]}")
     return study, spec.folder, shown, st
+
+
+def check_study_database(path: Path) -> None:
+    """Refuse, without writing to it, an SQLite file that holds no Optuna tables (reading it
+    through Optuna's storage would create them).
+
+    Raises:
+        UsageError: the file is not an SQLite database or has no Optuna ``studies`` table.
+    """
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            found = con.execute("SELECT name FROM sqlite_master WHERE type='table' AND "
+                                "name='studies'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise UsageError(f"{path}: not an Optuna study database ({e})") from None
+    if found is None:
+        raise UsageError(f"{path}: not an Optuna study database (no Optuna tables)")
 
 
 def find_file(path: str | None, base: Path | None) -> Path | None:
@@ -301,6 +328,21 @@ def _arch_key_of(t) -> str | None:
     if t.state.name != "COMPLETE":
         return None
     return t.user_attrs.get("arch_key") or f"trial{t.number}"
+
+
+def check_plot_path(path: str | Path) -> None:
+    """Refuse a ``--plot`` file whose suffix matplotlib cannot write (no suffix means PNG).
+
+    Raises:
+        UsageError: ``--plot <path>: unknown image format '<suffix>' (...)``.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    known = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in known:
+        raise UsageError(f"--plot {path}: unknown image format {fmt!r} (matplotlib writes "
+                         f"{', '.join(sorted(known))})")
 
 
 def plot_summary(s: StudySummary, path: Path) -> Path:

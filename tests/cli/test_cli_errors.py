@@ -50,6 +50,16 @@ def make_files(t):
     (t / "st0").mkdir()
     optuna.create_study(storage=f"sqlite:///{t / 'st0' / 'study.db'}", study_name="s0",
                         directions=["maximize", "minimize"])
+    (t / "single").mkdir()
+    one = optuna.create_study(storage=f"sqlite:///{t / 'single' / 'study.db'}", study_name="one",
+                              direction="maximize")
+    one.add_trial(optuna.trial.create_trial(value=30.0, state=optuna.trial.TrialState.COMPLETE))
+    (t / "notjournal").mkdir()
+    (t / "notjournal" / "x.log").write_text('{"a": 1}\n')
+    (t / "zero.db").write_bytes(b"")
+    bad_op = spec_dict()
+    bad_op.setdefault("space", {})["op_config"] = {"acla": {"tau": -1}}
+    (t / "badop.json").write_text(json.dumps(bad_op))
 
 
 CASES = [
@@ -128,16 +138,37 @@ CASES = [
     ("flops", ["{t}/arch.json", "--lr-size", "0x5"], r"--lr-size: expected HxW"),
     ("flops", ["{t}/missing.json"], r"missing\.json: no such ArchSpec file"),
     ("flops", ["{t}/badlabel.json"], r"unknown label 'b07/op'"),
+    ("flops", ["{t}/badop.json"], r"badop\.json: space\.op_config\.acla: tau must be a positive"),
+    # operator and backbone keywords are checked before anything is built or written
+    ("supernet", ["-c", "{t}/ok.yaml", *tiny("space.op_config={acla: {tau: -1}}"), "--out", "{t}/o1"],
+     r"space\.op_config\.acla: tau must be a positive number, got -1"),
+    ("supernet", ["-c", "{t}/ok.yaml", *tiny("space.op_config={acla: {bogus: 1}}"), "--out", "{t}/o1"],
+     r"space\.op_config\.acla: .*unexpected keyword argument 'bogus'"),
+    ("supernet", ["-c", "{t}/ok.yaml", *tiny("space.backbone={preset: edsr-tiny, res_scale: abc}"),
+                  "--out", "{t}/o1"], r"space\.backbone: res_scale must be a positive number"),
+    # storages and studies that are not what the command reads
+    ("search", ["-c", "{t}/study.yaml", "--storage", "journal:", "--out", "{t}/sj"],
+     r"--storage journal:: no journal file given"),
+    ("pareto", ["{t}/single"], r"study 'one' is not a PSNR \(maximize\) / GFLOPs \(minimize\) study"),
+    ("export", ["{t}/single", "--trial", "0"], r"is not a PSNR \(maximize\) / GFLOPs"),
+    ("pareto", ["{t}/notjournal"], r"x\.log: not an Optuna journal"),
+    ("pareto", ["{t}/zero.db"], r"zero\.db: not an Optuna study database"),
+    ("pareto", ["{t}/st", "--ref-point", "nan,nan"], r"--ref-point: expected finite numbers"),
+    ("pareto", ["{t}/st", "--plot", "{t}/x.foo"], r"--plot .*x\.foo: unknown image format 'foo'"),
 ]
+
+#: commands whose cases read the real benchmark images (the rest run on a fresh clone without them)
+NEEDS_IMAGES = ("eval", "retrain")
 
 
 @pytest.mark.parametrize("cmd, args, message", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, shared_data, cmd, args,
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, request, cmd, args,
                                           message):
     import re
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ACLA_NAS_DATA", str(shared_data))
+    data = request.getfixturevalue("shared_data") if cmd in NEEDS_IMAGES else tmp_path / "no-data"
+    monkeypatch.setenv("ACLA_NAS_DATA", str(data))
     make_files(tmp_path)
     argv = [cmd, *[a.replace("{t}", str(tmp_path)) for a in args]]
     try:
@@ -152,6 +183,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, shared_
     assert re.search(message, lines[-1]), lines[-1]
     error_lines = [ln for ln in lines if "error" in ln]
     assert len(error_lines) == 1, err
+    assert not (tmp_path / "o1").exists()  # a refused config leaves no run folder in the way
+    if cmd == "pareto" and args[0] == "{t}/zero.db":
+        assert (tmp_path / "zero.db").stat().st_size == 0  # a read-only command wrote nothing
 
 
 def test_validation_errors_write_nothing_in_the_way(tmp_path, capsys, monkeypatch):

@@ -48,8 +48,9 @@ def test_table_prints_convention(shared_data, capsys, tmp_path):
         (["--sets", "Set5", "--scale", "5", "--data-root", "{root}"], "scale must be 2, 3 or 4"),
     ],
 )
-def test_bad_input_one_line_exit_2(shared_data, args, needle):
-    args = [a.replace("{root}", str(shared_data)) for a in args]
+def test_bad_input_one_line_exit_2(request, args, needle):
+    if any("{root}" in a for a in args):  # only these cases read the real images
+        args = [a.replace("{root}", str(request.getfixturevalue("shared_data"))) for a in args]
     r = run_cli("eval", "--bicubic", *args)
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip().splitlines()

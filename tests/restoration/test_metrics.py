@@ -31,11 +31,13 @@ from nas.restoration.metrics import (
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _data_root() -> Path:
+    """``$ACLA_NAS_DATA``, else ``../shared/data`` beside the checkout (as :mod:`tests.conftest`)."""
     env = os.environ.get("ACLA_NAS_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(env) if env else REPO.parent / "shared" / "data"
 
 
 def _bench_dir(name: str) -> Path:
