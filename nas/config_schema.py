@@ -283,7 +283,7 @@ def from_dict(cls: type, d: Mapping[str, Any], where: str = "") -> Any:
         if key not in fields:
             if name in RENAMED:
                 raise UsageError(f"{name}: replaced by {RENAMED[name]} in acla-nas 0.2 "
-                                 "(docs/design.md)")
+                                 "(docs/design.md, \"Changes in 0.2\")")
             raise UsageError(f"{name}: unknown key{did_you_mean(key, fields)}")
         kwargs[key] = _convert(value, hints[key], name)
     return cls(**kwargs)

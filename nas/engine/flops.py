@@ -18,7 +18,7 @@ Counting rule used everywhere in acla-nas (analytic tables and measurements alik
 * Element-wise arithmetic (add, mul, ReLU, normalisation), indexing, gather/scatter, sorting and
   top-k are not counted; they are memory-bound and PyTorch's counter ignores them too.
 
-Expected FLOPs of a supernet (``docs/design.md``, "Objective")::
+Expected FLOPs of a supernet (``docs/design.md``, "Gates and the objective")::
 
     E[F] = F_fixed + sum_i sum_op p_i(op) * F_i(op)
 
@@ -127,7 +127,8 @@ REFERENCE_OUTPUT = (720, 1280)
 
 
 def default_lr_size(task: Task) -> tuple[int, int]:
-    """Reference input size: a 1280x720 output, i.e. LR 640x360 (x2), 426x240 (x3), 320x180 (x4)."""
+    """Reference input size ``(H, W)`` for an output of about 1280x720 (W x H): ``(360, 640)`` at
+    x2, ``(240, 426)`` at x3 (output 1278x720), ``(180, 320)`` at x4; ``(720, 1280)`` at x1."""
     return REFERENCE_OUTPUT[0] // task.scale, REFERENCE_OUTPUT[1] // task.scale
 
 

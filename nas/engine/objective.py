@@ -1,6 +1,6 @@
 """The search objective: the alpha loss ``L1 + penalty(E[F])`` and a batch PSNR indicator.
 
-Penalties (``docs/design.md``, "Objective"), with E[F] the expected FLOPs of the supernet
+Penalties (``docs/design.md``, "Gates and the objective"), with E[F] the expected FLOPs of the supernet
 (:meth:`nas.engine.flops.CostModel.expected`), F_base the backbone alone and F_target the
 configured budget (FLOPs = 2 x MACs, per image, at the reference input size):
 

@@ -68,7 +68,8 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
 
     Args:
         spec: the architecture.
-        cfg: run config (``data``, ``retrain`` blocks are used; ``task`` must match the spec's).
+        cfg: run config (its ``data`` and ``retrain`` blocks; the task is the ArchSpec's, a
+            differing ``cfg.task`` is logged and ignored).
         out_dir: run directory; an existing ``retrain.pt`` written with the same config resumes.
         data_root: benchmark data for validation/evaluation (``None``: validate on centre crops
             of the training images and skip the benchmark evaluation).
@@ -83,7 +84,7 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
         (``eval_ema`` with an EMA).
 
     Raises:
-        UsageError: task mismatch, bad config, unreadable checkpoint, missing data, TensorBoard
+        UsageError: bad config, unreadable checkpoint, missing data, TensorBoard
             asked for but not installed.
         DivergedError: the loss became NaN or infinite.
     """

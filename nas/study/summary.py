@@ -89,6 +89,17 @@ def check_study_database(path: Path) -> None:
         raise UsageError(f"{path}: not an Optuna study database (no Optuna tables)")
 
 
+def _under(path: Path, base: Path | None) -> str:
+    """``path`` relative to the study folder ``base`` when it lies inside it (the tables written
+    there stay valid when the folder moves), else as given."""
+    if base is not None:
+        try:
+            return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
 def find_file(path: str | None, base: Path | None) -> Path | None:
     """A recorded file path, else the same file under the study folder's ``trials/<n>/``."""
     if not path:
@@ -260,7 +271,7 @@ def summarize_study(study, storage: str, base: Path | None = None,
                "fail_reason": reason}
         for p in params:
             row[p] = t.params.get(p)
-        row["arch"] = str(arch) if arch else ua.get("arch_path", "")
+        row["arch"] = _under(arch, base) if arch else ua.get("arch_path", "")
         rows.append(row)
     cols = ["trial", "state", "reference", "psnr_db", "gflops", "params_m", "arch_key", "front",
             "seconds", "retry_of", "duplicate_of", "fail_reason", *params, "arch"]

@@ -239,8 +239,10 @@ def test_bfloat16_autocast(adaptive):
     m.sampler = "sparse"
     assert out[0].dtype == out[1].dtype and torch.isfinite(out[0]).all()
     torch.testing.assert_close(out[0], out[1], rtol=2e-2, atol=2e-2)
-    if not adaptive:
-        torch.testing.assert_close(out[0].float(), m(x, refs), rtol=0.1, atol=0.1)
+    if not adaptive:  # the attention branch itself (y - x), not swamped by the identity
+        branch, ref = out[0].float() - x, m(x, refs) - x
+        assert ref.abs().max() > 0.1
+        torch.testing.assert_close(branch, ref, rtol=0.05, atol=0.03 * float(ref.abs().max()))
 
 
 def test_low_precision_inputs_compute_in_float32():

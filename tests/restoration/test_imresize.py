@@ -181,7 +181,6 @@ def test_downscale_2x2_blocks_known_weights():
     # constant blocks each output pixel is a 5-tap filter of the block values:
     k = np.array([-0.01171875, -0.03515625 + 0.11328125, 2 * 0.43359375, 0.11328125 - 0.03515625,
                   -0.01171875])
-    np.testing.assert_allclose(k, [-0.01171875, 0.078125, 0.8671875, 0.078125, -0.01171875])
     _, w = contributions(16, 8, 0.5, True)
     np.testing.assert_allclose(
         w[3], [-0.01171875, -0.03515625, 0.11328125, 0.43359375, 0.43359375, 0.11328125,
