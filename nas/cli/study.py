@@ -273,3 +273,7 @@ def print_front(s) -> None:
         print("WARNING: the front is within noise: no front point beats the next cheaper one by "
               "more than 2 standard errors (more scoring seeds or longer scoring runs would be "
               "needed to separate them)")
+    if s.near_front:
+        print(f"WARNING: {len(s.near_front)} architecture(s) off the front score within noise "
+              "of a front point that dominates them (<= 2 standard errors): they are dominated "
+              "in the means, not beyond noise")

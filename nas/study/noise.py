@@ -64,7 +64,9 @@ def architecture_rows(trials: Sequence[Any], scores: dict[str, dict[int, float]]
 
     Returns:
         Rows with ``arch_key, trials, references, gflops, psnr_db, psnr_se, n_seeds, delta_db,
-        delta_se, front, tie, knee`` (front rows by GFLOPs first).
+        delta_se, front, tie, knee, near_front`` (front rows by GFLOPs first; ``tie``: a front point
+        within noise of the next cheaper one; ``near_front``: off the front but within noise of a
+        front point that dominates it).
     """
     rows: dict[str, dict] = {}
     key = key or (lambda t: t.user_attrs.get("arch_key"))
@@ -94,17 +96,29 @@ def architecture_rows(trials: Sequence[Any], scores: dict[str, dict[int, float]]
     scored = [r for r in out if not math.isnan(r["psnr_db"])]
     mask = pareto.pareto_mask(pts) if pts else []
     for r in out:
-        r["front"] = r["tie"] = r["knee"] = False
+        r["front"] = r["tie"] = r["knee"] = r["near_front"] = False
     for r, on in zip(scored, mask):
         r["front"] = on
     front = sorted((r for r in out if r["front"]), key=lambda r: r["gflops"])
-    for cheaper, r in zip(front, front[1:]):
-        d, se, n = paired_delta(scores.get(r["arch_key"], {}), scores.get(cheaper["arch_key"], {}))
+    sd = pooled_seed_sd([list(v.values()) for v in scores.values()])
+
+    def within(better: dict, worse: dict) -> bool:
+        """``better`` beats ``worse`` by at most TIE_SIGMAS standard errors of their paired
+        difference (same seeds; with fewer than 2 common seeds, of two scores with the pooled
+        seed SD)."""
+        d, se, n = paired_delta(scores.get(better["arch_key"], {}), scores.get(worse["arch_key"], {}))
+        if math.isnan(d):
+            d = better["psnr_db"] - worse["psnr_db"]
         if n >= 2 and not math.isnan(se):
-            r["tie"] = d <= TIE_SIGMAS * se
-        else:
-            sd = pooled_seed_sd([list(v.values()) for v in scores.values()])
-            r["tie"] = not math.isnan(sd) and d <= TIE_SIGMAS * sd * math.sqrt(2)
+            return d <= TIE_SIGMAS * se
+        return not math.isnan(sd) and d <= TIE_SIGMAS * sd * math.sqrt(2)
+
+    for cheaper, r in zip(front, front[1:]):
+        r["tie"] = within(r, cheaper)
+    for r in out:  # off the front, but not beaten beyond noise by a front point dominating it
+        r["near_front"] = not r["front"] and any(
+            f["gflops"] <= r["gflops"] and f["psnr_db"] >= r["psnr_db"] and within(f, r)
+            for f in front)
     if front:
         k = pareto.knee_index([(r["psnr_db"], r["gflops"]) for r in front])
         front[k]["knee"] = True

@@ -183,7 +183,20 @@ class StudySummary:
         if self.within_noise:
             lines.append("# WARNING: the front is within noise - no front point beats the next "
                          "cheaper one by more than 2 standard errors")
+        near = self.near_front
+        if near:
+            lines.append(f"# WARNING: {len(near)} architecture(s) off the front are within noise of "
+                         "a front point that dominates them (<= 2 standard errors): the front "
+                         "does not beat them beyond noise")
         return lines
+
+    @property
+    def near_front(self) -> list[str]:
+        """Architecture keys off the front within noise of a front point dominating them."""
+        df = self.archs
+        if not len(df) or "near_front" not in df:
+            return []
+        return list(df.loc[df["near_front"].astype(bool), "arch_key"])
 
     def to_json(self) -> dict:
         """The summary as JSON-ready data (what ``pareto.json`` holds)."""
@@ -194,6 +207,7 @@ class StudySummary:
                 "metric_names": list(METRIC_NAMES), "conventions": self.conventions,
                 "noise_sd_db": None if math.isnan(self.noise_sd) else self.noise_sd,
                 "front_within_noise": self.within_noise,
+                "near_front_within_noise": self.near_front,
                 "reference_point": list(self.ref_point) if self.ref_point else None,
                 "reference_point_source": self.ref_point_source,
                 "hypervolume": self.hypervolume, "hypervolume_unit": "dB x GFLOPs",
@@ -203,7 +217,7 @@ class StudySummary:
 
 
 ARCH_COLUMNS = ["arch_key", "references", "trials", "gflops", "psnr_db", "psnr_se", "n_seeds",
-                "delta_db", "delta_se", "front", "tie", "knee"]
+                "delta_db", "delta_se", "front", "tie", "knee", "near_front"]
 
 
 def summarize_study(study, storage: str, base: Path | None = None,

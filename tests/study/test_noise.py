@@ -57,3 +57,28 @@ def test_every_front_point_gets_the_noise_seeds_even_after_the_front_moves():
     assert all(r["n_seeds"] == 3 for r in front)
     assert measure_noise(SimpleNamespace(cfg=cfg), study, storage,
                          group=SimpleNamespace(score=fake_score)) == 0  # nothing left to do
+
+
+def _trial(number, key, gflops, psnr):
+    return SimpleNamespace(number=number, state=SimpleNamespace(name="COMPLETE"),
+                           values=[psnr, gflops], user_attrs={"arch_key": key})
+
+
+def test_dominated_architectures_within_noise_of_the_front_are_marked():
+    """Planted: "cheap" dominates both others in the means; "noisy" trails it by a paired
+    difference of 0.01 +- 0.023 dB (within 2 SE), "worse" by 1.0 +- 0.06 dB (beyond)."""
+    scores = {"cheap": {0: 30.00, 1: 30.00, 2: 30.00},
+              "noisy": {0: 29.95, 1: 30.03, 2: 29.99},
+              "worse": {0: 29.00, 1: 28.90, 2: 29.10}}
+    trials = [_trial(0, "cheap", 1.0, 30.0), _trial(1, "noisy", 1.5, 29.95),
+              _trial(2, "worse", 2.0, 29.0)]
+    rows = {r["arch_key"]: r for r in architecture_rows(trials, scores, "cheap")}
+    assert [k for k, r in rows.items() if r["front"]] == ["cheap"]
+    assert rows["noisy"]["near_front"] and not rows["worse"]["near_front"]
+    assert not rows["cheap"]["near_front"]  # a front point is never "near" itself
+    # the same gap with a single common seed falls back to the pooled seed SD (0.069 dB here):
+    # 1.0 dB is beyond 2 x sqrt(2) x SD, 0.05 dB is not
+    one_seed = {k: {0: v[0]} for k, v in scores.items()}
+    one_seed["cheap"].update({1: 30.1, 2: 29.9})  # gives the pooled SD something to pool
+    rows = {r["arch_key"]: r for r in architecture_rows(trials, one_seed, "cheap")}
+    assert rows["noisy"]["near_front"] and not rows["worse"]["near_front"]
