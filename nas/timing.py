@@ -1,7 +1,7 @@
 """Measurement helpers shared by the benchmark scripts in ``experiments/bench/``.
 
-* :func:`time_step`: median wall time of a callable (warm-up steps first, CUDA synchronised).
-* :func:`interleaved_ms`: median wall times of several callables timed in interleaved rounds.
+* :func:`interleaved_ms`: median wall times of callables timed in interleaved rounds (warm-up
+  rounds first, CUDA synchronised).
 * :func:`peak_memory_mb`: peak *extra* tensor memory of one call. On CUDA
   ``max_memory_allocated - memory_allocated`` after ``reset_peak_memory_stats``; on the CPU the
   running sum of the allocator's ``[memory]`` events recorded by
@@ -23,25 +23,6 @@ def sync(device: torch.device) -> None:
     """Wait for queued CUDA work (no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def time_step(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``step()`` in milliseconds (3 repeats at most when a step takes > 5 s)."""
-    t_first = None
-    for _ in range(max(warmup, 1)):
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        t_first = time.perf_counter() - t0
-    if t_first is not None and t_first > 5.0:
-        repeats = min(repeats, 3)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def peak_memory_mb(step: Callable[[], None], clear: Callable[[], None],

@@ -162,6 +162,8 @@ def run_pareto(args: argparse.Namespace) -> int:
     from nas.study.summary import check_plot_path, open_existing, plot_summary, summarize_study
 
     ref = _parse_ref_point(args.ref_point)
+    if args.plot is not None:
+        check_plot_path(args.plot)
     study, base, shown, st = open_existing(args.study_target, args.storage, args.study_name)
     s = summarize_study(study, shown, base=base, ref_point=ref, storage_obj=st)
     if args.format == "json":
@@ -181,7 +183,6 @@ def run_pareto(args: argparse.Namespace) -> int:
     if args.plot is not None:
         if not len(s.archs):
             raise UsageError(f"--plot: study {s.name} has no trial to plot")
-        check_plot_path(args.plot)
         path = plot_summary(s, args.plot)
         print(f"plot: {path}", file=sys.stderr)
     return 0

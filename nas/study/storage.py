@@ -189,14 +189,17 @@ def open_storage(spec: StorageSpec, *, heartbeat_interval: int | None = None,
         The storage object.
 
     Raises:
-        UsageError: missing file (``create=False``), missing driver (naming the extra to install),
-            unreachable or unreadable database.
+        UsageError: missing file (``create=False``), an SQLite file without Optuna's tables
+            (``create=False``; checked read-only, so it is not written), missing driver (naming
+            the extra to install), unreachable or unreadable database.
     """
     import optuna
 
     path = spec.path
     if not create and path is not None and not path.is_file():
         raise UsageError(f"{path}: no such {'journal file' if spec.kind == 'journal' else 'study database'}")
+    if not create and path is not None and spec.kind == "sqlite":
+        check_study_database(path)
     if create and path is not None:
         from nas.io import ensure_dir
 
@@ -251,3 +254,25 @@ def _open_rdb(url: str, kwargs: dict, tries: int = 6):
                 raise
             time.sleep(0.3 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def check_study_database(path: Path) -> None:
+    """Refuse, without writing to it, an SQLite file that holds no Optuna tables (reading it
+    through Optuna's storage would create them).
+
+    Raises:
+        UsageError: the file is not an SQLite database or has no Optuna ``studies`` table.
+    """
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            found = con.execute("SELECT name FROM sqlite_master WHERE type='table' AND "
+                                "name='studies'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise UsageError(f"{path}: not an Optuna study database ({e})") from None
+    if found is None:
+        raise UsageError(f"{path}: not an Optuna study database (no Optuna tables)")

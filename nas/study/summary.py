@@ -44,10 +44,8 @@ def open_existing(target: str, storage: str | None = None, name: str | None = No
         name = name or target
     else:
         spec = storage_of_target(target)
-    shown = spec.display()
-    if spec.kind == "sqlite" and spec.path is not None:
-        check_study_database(spec.path)
     st = open_storage(spec, create=False)
+    shown = spec.display()
     names = optuna.get_all_study_names(st)
     if name is None:
         if len(names) == 1:
@@ -65,28 +63,6 @@ def open_existing(target: str, storage: str | None = None, name: str | None = No
         raise UsageError(f"{shown}: study {name!r} is not a PSNR (maximize) / GFLOPs (minimize) "
                          f"study: its directions are {[d.name.lower() for d in study.directions]}")
     return study, spec.folder, shown, st
-
-
-def check_study_database(path: Path) -> None:
-    """Refuse, without writing to it, an SQLite file that holds no Optuna tables (reading it
-    through Optuna's storage would create them).
-
-    Raises:
-        UsageError: the file is not an SQLite database or has no Optuna ``studies`` table.
-    """
-    import sqlite3
-
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            found = con.execute("SELECT name FROM sqlite_master WHERE type='table' AND "
-                                "name='studies'").fetchone()
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as e:
-        raise UsageError(f"{path}: not an Optuna study database ({e})") from None
-    if found is None:
-        raise UsageError(f"{path}: not an Optuna study database (no Optuna tables)")
 
 
 def _under(path: Path, base: Path | None) -> str:

@@ -153,6 +153,7 @@ CASES = [
     ("export", ["{t}/single", "--trial", "0"], r"is not a PSNR \(maximize\) / GFLOPs"),
     ("pareto", ["{t}/notjournal"], r"x\.log: not an Optuna journal"),
     ("pareto", ["{t}/zero.db"], r"zero\.db: not an Optuna study database"),
+    ("pareto", ["sqlite:///{t}/nothere.db"], r"nothere\.db: no such study database"),
     ("pareto", ["{t}/st", "--ref-point", "nan,nan"], r"--ref-point: expected finite numbers"),
     ("pareto", ["{t}/st", "--plot", "{t}/x.foo"], r"--plot .*x\.foo: unknown image format 'foo'"),
 ]
