@@ -152,8 +152,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--search-seeds", type=int, default=5)
     p.add_argument("--seeds", type=int, nargs="+",
                    help="methods: only these search seeds (e.g. two processes on disjoint seeds)")
-    p.add_argument("--methods", nargs="+",
-                   choices=["ours", "random", "paper", "nni-darts", "nni-gumbel"],
+    methods = ["ours", "random", "paper", "nni-darts", "nni-gumbel"]
+    p.add_argument("--methods", nargs="+", choices=methods, default=methods,
                    help="methods: only these (random needs ours of the same seed first)")
     p.add_argument("--nni-lambdas", type=float, nargs="+", default=[0.0, 2.0])
     return p.parse_args(argv)

@@ -150,7 +150,7 @@ def run_methods(args) -> None:
     paper_key = arch_key(canonical(space, paper))
     score_seconds = statistics.fmean(s for g in gt.values() for s in g["seconds"])
     args.work.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.methods or ["ours", "random", PAPER, "nni-darts", "nni-gumbel"])
+    wanted = set(args.methods)
 
     def todo(method: str, seed: int) -> bool:
         return method in wanted and (method, seed) not in done
