@@ -31,9 +31,16 @@ from search_spaces.space import SearchSpace, SpaceConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
-def data_root() -> Path | None:
+def data_dir() -> Path:
+    """Where the real images are looked for: ``$ACLA_NAS_DATA``, else ``../shared/data`` beside
+    the checkout (whether or not they are there)."""
     env = os.environ.get("ACLA_NAS_DATA")
-    root = Path(env) if env else REPO.parent / "shared" / "data"
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def data_root() -> Path | None:
+    """:func:`data_dir` when it holds the benchmark sets (Set5 at least), else ``None``."""
+    root = data_dir()
     return root if (root / "benchmarks" / "Set5" / "HR").is_dir() else None
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +26,15 @@ from nas.restoration.metrics import (
     rgb_to_y,
     rgb_to_y_pt,
 )
+from tests.conftest import data_dir
 
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _data_root() -> Path:
-    """``$ACLA_NAS_DATA``, else ``../shared/data`` beside the checkout (as :mod:`tests.conftest`)."""
-    env = os.environ.get("ACLA_NAS_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
 
 
 def _bench_dir(name: str) -> Path:
-    d = _data_root() / "benchmarks" / name / "HR"
+    d = data_dir() / "benchmarks" / name / "HR"
     if not d.is_dir() or not any(d.glob("*.png")):
         pytest.skip(
             f"benchmark data not found at {d} (set ACLA_NAS_DATA or provide ../shared/data)"

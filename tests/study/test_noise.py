@@ -76,7 +76,7 @@ def test_dominated_architectures_within_noise_of_the_front_are_marked():
     assert [k for k, r in rows.items() if r["front"]] == ["cheap"]
     assert rows["noisy"]["near_front"] and not rows["worse"]["near_front"]
     assert not rows["cheap"]["near_front"]  # a front point is never "near" itself
-    # the same gap with a single common seed falls back to the pooled seed SD (0.069 dB here):
+    # the same gap with a single common seed falls back to the pooled seed SD (0.10 dB here):
     # 1.0 dB is beyond 2 x sqrt(2) x SD, 0.05 dB is not
     one_seed = {k: {0: v[0]} for k, v in scores.items()}
     one_seed["cheap"].update({1: 30.1, 2: 29.9})  # gives the pooled SD something to pool
