@@ -2,6 +2,7 @@
 
 * :func:`interleaved_ms`: median wall times of callables timed in interleaved rounds (warm-up
   rounds first, CUDA synchronised).
+* :func:`write_csv`: a benchmark table, written atomically (a killed run leaves the old one).
 * :func:`peak_memory_mb`: peak *extra* tensor memory of one call. On CUDA
   ``max_memory_allocated - memory_allocated`` after ``reset_peak_memory_stats``; on the CPU the
   running sum of the allocator's ``[memory]`` events recorded by
@@ -12,8 +13,11 @@ Benchmarks report ratios measured in one run, never absolute targets in unit tes
 
 from __future__ import annotations
 
+import csv
+import io
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -73,3 +77,18 @@ def interleaved_ms(steps: dict[str, Callable[[], None]], device: torch.device, w
             sync(device)
             times[name].append(time.perf_counter() - t0)
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
+    """Write ``rows`` (dicts keyed by ``columns``) as a CSV table with a header, atomically.
+
+    Raises:
+        ValueError: a row has a key that is not in ``columns``.
+    """
+    from nas.io import atomic_write_text
+
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())

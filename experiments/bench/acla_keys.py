@@ -41,7 +41,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from pathlib import Path
@@ -52,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nas.timing import interleaved_ms  # noqa: E402
+from nas.timing import interleaved_ms, write_csv  # noqa: E402
 from search_spaces.operators import OPERATORS  # noqa: E402
 
 COLUMNS = ["sampler", "mode", "family", "keys_per_ref", "keep_target", "keep_measured", "device",
@@ -83,13 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def sampled_gflops(channels: int, size: int, keys: int, keep: float) -> float:
-    """Forward GFLOPs of ``ACLA.flops`` with the sampling and weighted-sum terms
-    (``(8 + 2)·N·C·S``) charged for the ``keep x S`` sampled slots only; the query projections,
-    the softmax and the 1x1 convs run for every active slot whatever the mask."""
+def sampled_gflops(analytic: float, channels: int, size: int, keys: int, keep: float) -> float:
+    """Forward GFLOPs of ``analytic`` (``ACLA.flops``, FLOPs) with the sampling and weighted-sum
+    terms (``(8 + 2)·N·C·S``) charged for the ``keep x S`` sampled slots only; the query
+    projections, the softmax and the 1x1 convs run for every active slot whatever the mask."""
     n, s = size * size, NUM_REFS * keys
-    full = OPERATORS.get("acla").flops(channels, size, size, {"keys": [keys] * NUM_REFS})
-    return (full - (1.0 - keep) * SAMPLE_SUM_FLOPS * n * channels * s) / 1e9
+    return (analytic - (1.0 - keep) * SAMPLE_SUM_FLOPS * n * channels * s) / 1e9
 
 
 def build(channels: int, size: int, keys: int, bias: float, sampler: str, mode: str, seed: int):
@@ -147,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"sampler": sampler, "mode": mode, "family": family,
                              "keys_per_ref": k, "keep_target": f, "keep_measured": round(kept, 4),
                              "device": dev_name, "analytic_gflops": round(analytic / 1e9, 4),
-                             "sampled_gflops": round(sampled_gflops(args.channels, args.size, k,
-                                                                    kept), 4),
+                             "sampled_gflops": round(sampled_gflops(analytic, args.channels,
+                                                                    args.size, k, kept), 4),
                              "_name": name})
     times = interleaved_ms(steps, torch.device("cpu"), args.warmup, args.repeats)
     for r in rows:
@@ -160,12 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         r["sampled_flops_ratio"] = round(r["sampled_gflops"] / ref["sampled_gflops"], 4)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "acla_keys.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    write_csv(path, COLUMNS, rows)
     print(f"wrote {path} ({dev_name}, {args.size}x{args.size}, {args.channels} channels)")
     for r in rows:
         print(f"  {r['sampler']:11s} {r['mode']:5s} {r['family']:4s} k={r['keys_per_ref']} "

@@ -73,7 +73,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import sys
@@ -88,7 +87,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nas.timing import interleaved_ms, peak_memory_mb, sync  # noqa: E402
+from nas.timing import interleaved_ms, peak_memory_mb, sync, write_csv  # noqa: E402
 from search_spaces.operators import OPERATORS  # noqa: E402
 
 #: benchmark name -> (registered operator, num_refs, constructor config, ACLA sampler or None).
@@ -218,13 +217,6 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 # ------------------------------------------------------------------------------- search step

@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ if str(ROOT) not in sys.path:
 from nas.config import load_config  # noqa: E402
 from nas.engine.network import Decision  # noqa: E402
 from nas.engine.supernet import Supernet  # noqa: E402
-from nas.timing import interleaved_ms, peak_memory_mb  # noqa: E402
+from nas.timing import interleaved_ms, peak_memory_mb, write_csv  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if dev.type == "cpu" else "_cuda"
     path = args.out / f"supernet_overhead{suffix}.csv"
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(path, list(rows[0]), rows)
     print(f"geometric mean: time x{gm['time_ratio']:.3f} (target <= 1.3), memory "
           f"x{gm['mem_ratio']:.3f} (target <= 1.2) -> {path}")
     return 0
