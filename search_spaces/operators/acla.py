@@ -189,10 +189,14 @@ class ACLA(AttentionOp):
             every slot (CLA).
         tau: temperature of the binary Gumbel relaxation used for the straight-through gradient
             (> 0; the hard decision itself does not depend on it). Can be reassigned (annealed).
+        dilation: spacing of the initial slot pattern in pixels (int >= 1): slot ``s`` starts at
+            ``dilation * slot_grid(K_l)[s]``, so 9 keys start on a dilated 3x3 grid and reach
+            ``dilation`` pixels before any offset is learned (1: the public code's 3x3
+            neighbourhood). Only the offsets' initial bias changes; the FLOPs do not.
 
     Raises:
-        ValueError: ``num_refs < 1``, a bad ``keys`` entry (wrong length or a count < 1), or
-            ``tau <= 0`` (the message names the argument).
+        ValueError: ``num_refs < 1``, a bad ``keys`` entry (wrong length or a count < 1),
+            ``tau <= 0`` or ``dilation < 1`` (the message names the argument).
 
     Shapes:
         ``forward(x (B, C, H, W), refs [L x (B, C, H, W)]) -> (B, C, H, W)``.
@@ -210,12 +214,14 @@ class ACLA(AttentionOp):
         keys: Sequence[int] | int | None = None,
         adaptive: bool = True,
         tau: float = 1.0,
+        dilation: int = 1,
     ) -> None:
         super().__init__(channels, num_refs)
         require_int("num_refs", num_refs, 1)
         self.keys = _check_keys(keys, num_refs, "keys", 1)
         self.adaptive = bool(adaptive)
         self.tau = tau
+        self.dilation = require_int("dilation", dilation, 1)
         starts = [0]
         for k in self.keys:
             starts.append(starts[-1] + k)
@@ -254,7 +260,7 @@ class ACLA(AttentionOp):
         grid: list[float] = []
         for k in self.keys:
             for dx, dy in slot_grid(k):
-                grid += [float(dx), float(dy)]
+                grid += [float(dx * self.dilation), float(dy * self.dilation)]
         with torch.no_grad():
             self.conv_offset.bias.copy_(torch.tensor(grid))
         if self.conv_mask is not None:
@@ -262,7 +268,7 @@ class ACLA(AttentionOp):
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, num_refs={self.num_refs}, keys={list(self.keys)}, "
-                f"adaptive={self.adaptive}, tau={self.tau}")
+                f"adaptive={self.adaptive}, tau={self.tau}, dilation={self.dilation}")
 
     # ----------------------------------------------------------------------------- slicing
     def check_active_keys(self, active_keys: Sequence[int] | None) -> tuple[int, ...]:
@@ -310,7 +316,8 @@ class ACLA(AttentionOp):
         """Constructor keywords of the stand-alone module equivalent to ``active_keys``.
 
         Returns:
-            ``{"num_refs": L', "keys": [k for k in active_keys if k > 0], "adaptive", "tau"}``.
+            ``{"num_refs": L', "keys": [k for k in active_keys if k > 0], "adaptive", "tau",
+            "dilation"}``.
 
         Raises:
             ValueError: bad ``active_keys`` or all zero (that choice is the identity: use skip).
@@ -319,7 +326,8 @@ class ACLA(AttentionOp):
         kept = [k for k in active if k > 0]
         if not kept:
             raise ValueError("active_keys: all counts are 0, the module is the identity")
-        return {"num_refs": len(kept), "keys": kept, "adaptive": self.adaptive, "tau": self.tau}
+        return {"num_refs": len(kept), "keys": kept, "adaptive": self.adaptive, "tau": self.tau,
+                "dilation": self.dilation}
 
     def sliced_state_dict(self, active_keys: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         """State dict of ``ACLA(channels, **self.sliced_config(active_keys))`` holding the slots

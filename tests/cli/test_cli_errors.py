@@ -142,6 +142,8 @@ CASES = [
     # operator and backbone keywords are checked before anything is built or written
     ("supernet", ["-c", "{t}/ok.yaml", *tiny("space.op_config={acla: {tau: -1}}"), "--out", "{t}/o1"],
      r"space\.op_config\.acla: tau must be a positive number, got -1"),
+    ("supernet", ["-c", "{t}/ok.yaml", *tiny("space.op_config={acla: {dilation: 0}}"), "--out", "{t}/o1"],
+     r"space\.op_config\.acla: dilation must be an int >= 1"),
     ("supernet", ["-c", "{t}/ok.yaml", *tiny("space.op_config={acla: {bogus: 1}}"), "--out", "{t}/o1"],
      r"space\.op_config\.acla: .*unexpected keyword argument 'bogus'"),
     ("supernet", ["-c", "{t}/ok.yaml", *tiny("space.backbone={preset: edsr-tiny, res_scale: abc}"),

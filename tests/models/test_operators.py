@@ -275,6 +275,31 @@ def test_acla_slot_grid_distinct_and_nested():
     assert len({tuple(r.tolist()) for r in off}) == 9
 
 
+def test_acla_dilation_sets_the_initial_reach():
+    """With ``dilation=d`` the 9 slots start on the 3x3 grid spaced ``d`` pixels: an impulse in
+    the reference reaches exactly the queries at ``impulse - d * (dx, dy)`` (naive bookkeeping),
+    and the sliced module keeps the spacing."""
+    d, y0, x0 = 3, 6, 5
+    m = ACLA(2, 1, keys=[9], adaptive=False, dilation=d)
+    assert m.conv_offset.bias.view(9, 2).tolist() == [[d * dx, d * dy] for dx, dy in slot_grid(9)]
+    with torch.no_grad():
+        m.conv_refer.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+        m.conv_refer.bias.zero_()
+    ref = torch.zeros(1, 2, 12, 11)
+    ref[0, :, y0, x0] = 1.0
+    with torch.no_grad():
+        agg = m.attend(torch.randn(1, 2, 12, 11), [ref]).agg
+    hit = {tuple(p) for p in (agg[0].abs().sum(0) > 0).nonzero().tolist()}
+    expect = {(y0 - d * dy, x0 - d * dx) for dx, dy in slot_grid(9)}
+    assert hit == {(y, x) for y, x in expect if 0 <= y < 12 and 0 <= x < 11}
+    assert m.sliced([4]).dilation == d
+    assert ACLA(2, 1, keys=[4], dilation=d).conv_offset.bias.tolist() == \
+        m.sliced([4]).conv_offset.bias.tolist()
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="dilation"):
+            ACLA(2, 1, dilation=bad)
+
+
 @pytest.mark.parametrize("mode", ["train", "eval", "fixed"])
 def test_acla_masked_keys_are_removed_from_softmax(mode):
     m, nr, cfg = make("acla")
