@@ -301,6 +301,9 @@ class DataConfig:
                 raise UsageError("data.lr_source: needs a folder of HR images as data.source")
             if not Path(self.lr_source).is_dir():
                 raise UsageError(f"data.lr_source: {self.lr_source}: folder does not exist")
+            if self.storage == "memory":  # the in-memory path degrades HR images itself
+                raise UsageError("data.storage: 'memory' does not read data.lr_source; use "
+                                 "'auto' or 'subimages' with paired LR images")
         try:
             sizes = self.image_sizes()
         except UsageError as e:

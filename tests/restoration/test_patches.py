@@ -159,3 +159,6 @@ def test_config_with_a_div2k_layout_folder_trains_from_the_cache(tmp_path, div2k
     assert splits.score and all(p.lq.shape[0] * 2 == p.hr.shape[0] for p in splits.score)
     with pytest.raises(UsageError, match="data.lr_source: .*does not exist"):
         load_config(None, [f"data.source={hr_dir}", f"data.lr_source={tmp_path / 'nope'}"])
+    # the in-memory path would degrade the HR images itself and silently ignore the LR folder
+    with pytest.raises(UsageError, match="data.storage: 'memory' does not read data.lr_source"):
+        load_config(None, [f"data.source={hr_dir}", f"data.lr_source={lr_dir}", "data.storage=memory"])
