@@ -171,9 +171,11 @@ def run_nni(strategy: str, cfg, out_dir: str | Path, *, steps: int | None = None
     p = cfg.data.patch_size
     spe = steps // epochs
     bs = cfg.data.batch_size
-    train_loader = DataLoader(_SamplerBatches(PatchStream(train_pairs, task, p, bs, seed=cfg.seed),
+    train_loader = DataLoader(_SamplerBatches(PatchStream(train_pairs, task, p, bs, seed=cfg.seed,
+                                                          augment=cfg.data.augment),
                                               spe), batch_size=None)
-    val_loader = DataLoader(_SamplerBatches(PatchStream(val_pairs, task, p, bs, seed=cfg.seed + 1),
+    val_loader = DataLoader(_SamplerBatches(PatchStream(val_pairs, task, p, bs, seed=cfg.seed + 1,
+                                                        augment=cfg.data.augment),
                                             spe), batch_size=None)
 
     model_space = ns.AttentionModelSpace(cfg.space, task)

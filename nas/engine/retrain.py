@@ -118,7 +118,7 @@ def retrain(spec: ArchSpec, cfg: Config, out_dir: str | Path, *, data_root: Path
         check_pairs = make_pairs(d.load(), task, cfg.seed)
         source = MemorySource(check_pairs)
     stream = PatchStream(source, task, d.patch_size, d.batch_size, seed=cfg.seed,
-                         workers=d.workers)
+                         workers=d.workers, augment=d.augment)
     val_pairs = None
     if data_root is not None and main:
         from nas.restoration.images import load_set_with_gray

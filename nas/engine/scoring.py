@@ -130,6 +130,8 @@ def protocol_key(cfg: Config) -> str:
     score = {k: v for k, v in d["score"].items() if k not in ("seeds", "noise_seeds")}
     what = {"task": d["task"], "data": _split_fields(cfg), "score": score,
             "backbone": d["space"]["backbone"], "op_config": d["space"]["op_config"]}
+    if not cfg.data.augment:  # only when off: the default leaves earlier studies' keys unchanged
+        what["augment"] = False
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -176,7 +178,8 @@ def score_architecture(cfg: Config, space: SearchSpace, arch: Mapping[str, Any],
         torch.manual_seed(10007 * seed + 1)
         net = build_fixed(space, cfg.task, canonical_arch(space, space.validate(arch))).to(device)
         sampler = PatchStream(splits.train, cfg.task, sc.patch_size, sc.batch_size,
-                              seed=10007 * seed + 2, workers=cfg.data.workers)
+                              seed=10007 * seed + 2, workers=cfg.data.workers,
+                              augment=cfg.data.augment)
         opt = torch.optim.Adam(net.parameters(), lr=sc.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=sc.steps, eta_min=sc.lr * 0.1)
         use_amp = cfg.search.amp and device.type == "cuda"

@@ -74,6 +74,8 @@ WEIGHT_FIELDS = ("supernet_steps", "largest_path_steps", "sandwich", "lr", "grad
 def weight_config(cfg: Config) -> dict:
     """The part of a config that determines the trained supernet (JSON-ready)."""
     d = cfg.to_dict()
+    if d["data"].get("augment", True):  # the default leaves the keys of earlier studies unchanged
+        d["data"].pop("augment", None)
     return {"task": d["task"], "data": d["data"], "space": d["space"], "seed": d["seed"],
             "search": {k: d["search"][k] for k in WEIGHT_FIELDS},
             "lr_size": d["search"]["lr_size"]}
@@ -154,7 +156,8 @@ class SupernetTraining(_Run):
         self.log_path = self.folder / "supernet_log.jsonl"
         self.progress = progress
         self.sampler = PatchStream(self.splits.train, self.task, cfg.data.patch_size,
-                                   cfg.data.batch_size, seed=cfg.seed, workers=cfg.data.workers)
+                                   cfg.data.batch_size, seed=cfg.seed, workers=cfg.data.workers,
+                                   augment=cfg.data.augment)
         self.opt = torch.optim.Adam(self.model.weight_parameters(), lr=s.lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=s.supernet_steps,
                                                                 eta_min=s.lr * 0.1)
@@ -299,7 +302,8 @@ class ArchitectureSearch(_Run):
         bs = s.alpha_batch_size or cfg.data.batch_size
         self.batch_size = bs
         self.sampler = PatchStream(self.splits.val, self.task, cfg.data.patch_size, bs,
-                                   seed=cfg.seed + 1, workers=cfg.data.workers)
+                                   seed=cfg.seed + 1, workers=cfg.data.workers,
+                                   augment=cfg.data.augment)
         self.opt = torch.optim.Adam(self.model.arch_parameters(), lr=s.alpha_lr,
                                     betas=tuple(s.alpha_betas),
                                     weight_decay=s.alpha_weight_decay)

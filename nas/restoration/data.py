@@ -196,6 +196,9 @@ class DataConfig:
             into sub-images cached on disk, memory flat in the number of images), or ``auto``
             (``subimages`` for folders of more than 50 images or with ``lr_source``).
         workers: ``DataLoader`` worker processes building the patches (0: the training process).
+        augment: random flips and transposition of every training and alpha patch (BasicSR's
+            ``use_hflip`` + ``use_rot``); ``false`` for data whose orientation carries meaning
+            (e.g. the planted problem's left-to-right copy).
     """
 
     source: str = "builtin"
@@ -209,6 +212,7 @@ class DataConfig:
     lr_source: typing.Optional[str] = None
     storage: str = "auto"
     workers: int = 0
+    augment: bool = True
 
     def disk_backed(self, n_images: int) -> bool:
         """Whether the training and alpha splits are read from a sub-image cache."""
@@ -294,6 +298,8 @@ class DataConfig:
                              f"{did_you_mean(self.storage, ('auto', 'memory', 'subimages'))}")
         if self.workers < 0:
             raise UsageError(f"data.workers: must be >= 0, got {self.workers}")
+        if not isinstance(self.augment, bool):
+            raise UsageError(f"data.augment: expected true or false, got {self.augment!r}")
         if self.lr_source is not None:
             if task.name != "sr":
                 raise UsageError("data.lr_source: paired LR images are for super-resolution")

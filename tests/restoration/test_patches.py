@@ -162,3 +162,17 @@ def test_config_with_a_div2k_layout_folder_trains_from_the_cache(tmp_path, div2k
     # the in-memory path would degrade the HR images itself and silently ignore the LR folder
     with pytest.raises(UsageError, match="data.storage: 'memory' does not read data.lr_source"):
         load_config(None, [f"data.source={hr_dir}", f"data.lr_source={lr_dir}", "data.storage=memory"])
+
+
+def test_data_augment_switch_reaches_the_keys_and_refuses_non_bools():
+    """``data.augment: false`` changes the scores and the supernet (so it is part of their keys);
+    the default leaves the keys exactly as a config without the field had them."""
+    from nas.engine.scoring import protocol_key
+    from nas.engine.supernet_search import supernet_key, weight_config
+
+    on, off = load_config(None, []), load_config(None, ["data.augment=false"])
+    assert on.data.augment is True and off.data.augment is False
+    assert "augment" not in weight_config(on)["data"]
+    assert protocol_key(on) != protocol_key(off) and supernet_key(on) != supernet_key(off)
+    with pytest.raises(UsageError, match="data.augment: expected true"):
+        load_config(None, ["data.augment=maybe"])
