@@ -327,7 +327,8 @@ def search(args) -> None:
             n = max(1, min(len(feasible), round(seconds / val_seconds)))
             rng = random.Random(1000 + seed)
             drawn = rng.sample(feasible, n)
-            # each draw is scored by its own stand-alone run (scoring seed = search seed)
+            # each draw is scored by its own stand-alone run (scoring seed 100 + search seed,
+            # apart from the validation seeds)
             best, best_psnr = None, -math.inf
             for arch in drawn:
                 s = score_architecture(base, space, arch, 100 + seed, splits=splits)
