@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import math
 import os
@@ -80,6 +79,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from search_quality import append_row, read_rows  # noqa: E402  (resumable CSV rows, one per run)
 
 import nas  # noqa: E402,F401  (registers the operators before search_spaces is used)
 from nas.config import config_from_dict  # noqa: E402
@@ -217,24 +218,6 @@ def candidates(space, cost: CostModel) -> tuple[list[dict], list[dict]]:
     every = [arch_of(space, {})] + [arch_of(space, {n: k}) for k in (2, 4) for n in names]
     feasible = [a for a in every if cost.exact(a) <= budget]
     return feasible, [a for a in every if cost.exact(a) > budget]
-
-
-# ------------------------------------------------------------------------------- tables
-def read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def append_row(path: Path, columns: list[str], row: dict) -> None:
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        if new:
-            w.writeheader()
-        w.writerow(row)
-        f.flush()
 
 
 def planted_set(rows: list[dict]) -> tuple[set[str], dict[str, list[float]]]:
