@@ -82,13 +82,14 @@ def test_planted_problem_small_version(tmp_path):
     3 validation seeds of every feasible architecture, 10 search seeds)."""
     common = ["--work", str(tmp_path / "w"), "--out", str(tmp_path), "--images", "12",
               "--image-size", "48", "--patch-size", "64", "--score-steps", "300",
-              "--score-lr", "4e-3", "--threads", "1"]
+              "--score-lr", "4e-3", "--threads", "2"]
     run("planted.py", "validate", *common, "--val-seeds", "1", "--archs", "plain", "b00k2",
         timeout=600)
     psnr = {r["arch"]: float(r["psnr_db"]) for r in rows(tmp_path / "planted_validation.csv")}
     assert set(psnr) == {"plain", "b00k2"}
     assert psnr["b00k2"] > psnr["plain"] + 10.0, psnr  # the copy is learned, not approximated
-    run("planted.py", "search", *common, "--supernet-steps", "400", "--alpha-steps", "150",
+    # 800 + 300 steps: seeds 0-3 all derive one 2-key ACLA (400 + 150 left 2 of 4 at plain)
+    run("planted.py", "search", *common, "--supernet-steps", "800", "--alpha-steps", "300",
         "--seeds", "1", "--methods", "ours", timeout=600)
     (found,) = rows(tmp_path / "planted_runs.csv")
     assert found["method"] == "ours" and found["one_2key"] == "1", found
