@@ -94,6 +94,10 @@ def test_planted_problem_small_version(tmp_path):
     (found,) = rows(tmp_path / "planted_runs.csv")
     assert found["method"] == "ours" and found["one_2key"] == "1", found
     assert "+" not in found["arch"] and found["arch"].endswith("k2")
+    run("planted.py", "rank", *common)
+    ranked = rows(tmp_path / "planted_supernet_rank.csv")
+    assert {r["arch"] for r in ranked} == {"plain", "b00k2", "b01k2", "b02k2", "b03k2"}
+    assert [r["arch"] for r in ranked if r["picked"] == "1"] == [found["arch"]]
     run("planted.py", "report", *common)
     assert rows(tmp_path / "planted.csv")[0]["one_2key"] == "1"
 

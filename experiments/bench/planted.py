@@ -48,6 +48,11 @@ Stages (resumable; ``--work`` holds the images, supernets and runs; tables go to
     (``method, seed, arch, gflops, recovered, one_2key, seconds, n_scored``; ``one_2key``: one
     2-key ACLA at any point, skip elsewhere).
 
+``rank``
+    The supernet's own ranking, per search seed: the inherited-weight PSNR of every feasible
+    architecture in that search's trained supernet -> ``planted_supernet_rank.csv``
+    (``seed, arch, inherited_psnr_db, picked``), and how often its first choice is planted.
+
 ``report``
     Recovery counts -> ``planted.csv`` (``method, seeds, recovered, rate, one_2key``) and a
     printed summary.
@@ -57,6 +62,7 @@ Usage::
     python experiments/bench/planted.py            # all stages, 3 validation seeds, 10 searches
     python experiments/bench/planted.py validate --val-seeds 3
     python experiments/bench/planted.py search --seeds 10
+    python experiments/bench/planted.py rank
     python experiments/bench/planted.py report
 """
 
@@ -326,6 +332,51 @@ def search(args) -> None:
             print(f"random seed {seed}: {name} from {n} draws", flush=True)
 
 
+def rank(args) -> None:
+    """The supernet's own ranking of the feasible architectures, per search seed: inherited-weight
+    PSNR (mean over 8 fixed batches of 16 patches of the alpha split) of each search's trained
+    supernet -> ``planted_supernet_rank.csv`` (``seed, arch, inherited_psnr_db, picked``)."""
+    from nas.engine.objective import batch_psnr
+    from nas.engine.supernet import Supernet
+    from nas.restoration.patches import PatchStream
+
+    base = planted_config(args)
+    space, cost = study_space(base), cost_model(base)
+    feasible, _ = candidates(space, cost)
+    splits = load_splits(base)
+    stream = PatchStream(splits.val, base.task, args.patch_size, 16, seed=12345,
+                         augment=base.data.augment)
+    batches = [stream.next() for _ in range(8)]
+    picked = {int(r["seed"]): r["arch"] for r in read_rows(args.out / "planted_runs.csv")
+              if r["method"] == "ours"}
+    rows = []
+    for seed in sorted(picked):
+        weights = args.work / "runs" / f"ours_s{seed}" / "supernet" / "supernet.pt"
+        if not weights.is_file():
+            raise SystemExit(f"{weights}: missing (the search stage keeps it under --work)")
+        sn = Supernet(base.space, base.task)
+        sn.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["model"])
+        sn.eval()
+        with torch.no_grad():
+            for arch in feasible:
+                dec = sn.decisions(arch)
+                v = statistics.fmean(batch_psnr(sn(lq, dec), hr) for lq, hr in batches)
+                name = label(space, arch)
+                rows.append({"seed": seed, "arch": name, "inherited_psnr_db": f"{v:.3f}",
+                             "picked": int(name == picked[seed])})
+    text = "seed,arch,inherited_psnr_db,picked\n" + "".join(
+        f"{r['seed']},{r['arch']},{r['inherited_psnr_db']},{r['picked']}\n" for r in rows)
+    atomic_write_text(args.out / "planted_supernet_rank.csv", text)
+    planted, _ = planted_set(read_rows(args.out / "planted_validation.csv"))
+    top_ok = 0
+    for seed in sorted(picked):
+        mine = [r for r in rows if r["seed"] == seed and r["arch"] != "plain"]
+        top = max(mine, key=lambda r: float(r["inherited_psnr_db"]))["arch"]
+        top_ok += top in planted
+        print(f"seed {seed}: gates picked {picked[seed]}, supernet ranks first {top}")
+    print(f"the supernet's own first choice is in the planted set on {top_ok}/{len(picked)} seeds")
+
+
 def report(args) -> None:
     planted, scores = planted_set(read_rows(args.out / "planted_validation.csv"))
     rows = read_rows(args.out / "planted_runs.csv")
@@ -352,7 +403,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", nargs="?", default="all",
-                    choices=["all", "validate", "search", "report"])
+                    choices=["all", "validate", "search", "rank", "report"])
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "planted")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     ap.add_argument("--dilation", type=int, default=12, help="copy distance d (LR pixels)")
@@ -380,6 +431,8 @@ def main(argv=None) -> None:
         validate(args)
     if args.stage in ("all", "search"):
         search(args)
+    if args.stage in ("all", "rank"):
+        rank(args)
     if args.stage in ("all", "report"):
         report(args)
 
