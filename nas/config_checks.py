@@ -63,6 +63,8 @@ def check_search(s: SearchConfig, where: str = "search") -> None:
     if p.target_gflops is not None and not p.target_gflops > 0:
         raise UsageError(f"{where}.penalty.target_gflops: must be > 0, got {p.target_gflops}")
     _positive(f"{where}.penalty.lambda", p.lam, strict=False)
+    if isinstance(s.rerank, bool) or not isinstance(s.rerank, int) or s.rerank < 0:
+        raise UsageError(f"{where}.rerank: an int >= 0 (0: off), got {s.rerank!r}")
     if s.derive not in (None, "budget", "argmax"):
         raise UsageError(f"{where}.derive: 'budget' or 'argmax', got {s.derive!r}"
                          f"{did_you_mean(s.derive, ('budget', 'argmax'))}")

@@ -84,6 +84,11 @@ class SearchConfig:
         penalty: FLOPs term.
         derive: ``budget`` (the most probable architecture within ``penalty.target_gflops``;
             the default when a target is set) or ``argmax`` (the most probable architecture).
+        rerank: 0 exports the derived architecture. ``k >= 2`` takes the ``k`` most probable
+            architectures (within the budget in budget mode), scores each with the supernet's
+            inherited weights (PSNR, dB, on 8 fixed batches of the val split) and exports the
+            best: a few forward passes that correct the gates when they prefer a path the shared
+            weights themselves rank lower.
         lr_size: ``[H, W]`` input size of the FLOPs table (null: a 1280x720 output).
         checkpoint_every, log_every: in steps.
         amp: bf16 autocast on CUDA.
@@ -105,6 +110,7 @@ class SearchConfig:
     tau: TauConfig = field(default_factory=TauConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     derive: typing.Optional[str] = None
+    rerank: int = 0
     lr_size: typing.Optional[list] = None
     checkpoint_every: int = 50
     log_every: int = 10

@@ -294,25 +294,29 @@ def search(args) -> None:
     path = args.out / "planted_runs.csv"
     done = {(r["method"], int(r["seed"])) for r in read_rows(path)}
     splits = load_splits(base)
+    ours = f"ours-rerank{args.rerank}" if args.rerank else "ours"
     for seed in range(args.seeds):
         seconds = None
-        if "ours" in args.methods and ("ours", seed) not in done:
+        if "ours" in args.methods and (ours, seed) not in done:
             cfg = copy.deepcopy(base)
             cfg.seed = seed
+            cfg.search.rerank = args.rerank
             t0 = time.perf_counter()
-            res = SupernetSearch(cfg, args.work / "runs" / f"ours_s{seed}", progress=False).run()
+            # one supernet per seed, shared by the variants of our search
+            res = SupernetSearch(cfg, args.work / "runs" / f"{ours}_s{seed}", progress=False,
+                                 supernet_dir=args.work / "runs" / f"ours_s{seed}" / "supernet").run()
             seconds = time.perf_counter() - t0
             name = label(space, res.arch)
             append_row(path, RUN_COLUMNS, {
-                "method": "ours", "seed": seed, "arch": name, "gflops": f"{res.gflops:.5f}",
+                "method": ours, "seed": seed, "arch": name, "gflops": f"{res.gflops:.5f}",
                 "recovered": int(name in planted), "one_2key": int(is_one_2key(name)),
                 "seconds": f"{seconds:.1f}", "n_scored": 0})
-            print(f"ours seed {seed}: {name} ({'recovered' if name in planted else 'missed'}, "
+            print(f"{ours} seed {seed}: {name} ({'recovered' if name in planted else 'missed'}, "
                   f"{seconds:.0f} s)", flush=True)
         if "random" in args.methods and ("random", seed) not in done:
             if seconds is None:
                 seconds = float(next(r["seconds"] for r in read_rows(path)
-                                     if r["method"] == "ours" and int(r["seed"]) == seed))
+                                     if r["method"] == ours and int(r["seed"]) == seed))
             n = max(1, min(len(feasible), round(seconds / val_seconds)))
             rng = random.Random(1000 + seed)
             drawn = rng.sample(feasible, n)
@@ -386,7 +390,7 @@ def report(args) -> None:
         sd = statistics.stdev(v) if len(v) > 1 else math.nan
         print(f"  {a:8s} {statistics.fmean(v):7.2f} +- {sd:.2f}  ({len(v)} seeds)"
               f"{'  planted' if a in planted else ''}")
-    for method in ("ours", "random"):
+    for method in dict.fromkeys(r["method"] for r in rows):
         got = [r for r in rows if r["method"] == method]
         if not got:
             continue
@@ -417,6 +421,8 @@ def main(argv=None) -> None:
     ap.add_argument("--val-seeds", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--methods", nargs="+", choices=["ours", "random"], default=["ours", "random"])
+    ap.add_argument("--rerank", type=int, default=0,
+                    help="search.rerank of our search (method 'ours-rerankK'; 0: 'ours')")
     ap.add_argument("--archs", nargs="+", help="validate only these (e.g. plain b00k2)")
     ap.add_argument("--score-lr", type=float, default=2.0e-3)
     ap.add_argument("--feasible-only", action="store_true",

@@ -15,7 +15,8 @@ a budget the most probable one whose exact FLOPs (the same table as
 :class:`nas.engine.flops.CostModel`) stay within it: a multiple-choice knapsack solved exactly
 by dynamic programming over the points with Pareto-pruned (FLOPs, log-probability) partial
 solutions (LCoA's collaborative discount, which depends on an earlier LCoA, is part of the
-state).
+state). :func:`derive_top` returns the ``k`` most probable ones, in order, by keeping every
+partial solution that fewer than ``k`` others beat in both FLOPs and log-probability.
 """
 
 from __future__ import annotations
@@ -109,6 +110,20 @@ def _pareto(cands: list[tuple[int, float, tuple]]) -> list[tuple[int, float, tup
     return out
 
 
+def _pareto_k(cands: list[tuple[int, float, tuple]], k: int) -> list[tuple[int, float, tuple]]:
+    """Keep the partial solutions that fewer than ``k`` kept ones beat in both FLOPs and
+    log-prob: any completion of a dropped one is beaten by ``k`` completions of kept ones, so
+    the ``k`` most probable complete solutions survive (``k = 1`` is :func:`_pareto`)."""
+    if k == 1:
+        return _pareto(cands)
+    cands.sort(key=lambda c: (c[0], -c[1]))
+    out: list[tuple[int, float, tuple]] = []
+    for c in cands:
+        if sum(1 for o in out if o[1] >= c[1]) < k:
+            out.append(c)
+    return out
+
+
 def derive(space: SearchSpace, probs: Mapping[str, Mapping[Any, float]], cost: CostModel,
            budget_flops: float | None = None) -> dict[str, Any]:
     """The most probable architecture, within ``budget_flops`` when given.
@@ -124,6 +139,19 @@ def derive(space: SearchSpace, probs: Mapping[str, Mapping[Any, float]], cost: C
     Returns:
         The canonical architecture ``{label: value}``; its exact FLOPs are ``cost.exact(arch)``.
     """
+    return derive_top(space, probs, cost, budget_flops, 1)[0]
+
+
+def derive_top(space: SearchSpace, probs: Mapping[str, Mapping[Any, float]], cost: CostModel,
+               budget_flops: float | None = None, k: int = 1) -> list[dict[str, Any]]:
+    """The ``k`` most probable architectures (within ``budget_flops`` when given), most probable
+    first; fewer when the space (or the budget) has fewer. Same arguments as :func:`derive`.
+
+    Raises:
+        ValueError: ``k < 1``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
     shared_ops = sorted(cost.shared)
     # state: frozenset of collaborative ops already placed -> [(flops, log_prob, choices)]
     states: dict[frozenset, list[tuple[int, float, tuple]]] = {frozenset(): [(0, 0.0, ())]}
@@ -139,22 +167,25 @@ def derive(space: SearchSpace, probs: Mapping[str, Mapping[Any, float]], cost: C
                 bucket = nxt.setdefault(key, [])
                 for flops, lp, choices in partials:
                     bucket.append((flops + f, lp + o.log_prob, choices + ((p.name, o),)))
-        states = {k: _pareto(v) for k, v in nxt.items()}
+        states = {s: _pareto_k(v, k) for s, v in nxt.items()}
     finals = [c for v in states.values() for c in v]
     if budget_flops is not None:
         room = budget_flops - cost.fixed
         within = [c for c in finals if c[0] <= room]
         finals = within or [min(finals, key=lambda c: (c[0], -c[1]))]
-    best = max(finals, key=lambda c: (c[1], -c[0]))
-    arch: dict[str, Any] = {}
-    for name, o in best[2]:
-        pt = space.points[name]
-        arch[pt.op_label()] = o.op
-        if o.keys:
-            for r, k in zip(pt.refs, o.keys):
-                arch[pt.key_label(r)] = k
+    finals.sort(key=lambda c: (-c[1], c[0]))
     labels = {c.label for c in space.choices()}
-    return canonical_arch(space, {k: v for k, v in arch.items() if k in labels})
+    out: list[dict[str, Any]] = []
+    for _, _, choices in finals[:k]:
+        arch: dict[str, Any] = {}
+        for name, o in choices:
+            pt = space.points[name]
+            arch[pt.op_label()] = o.op
+            if o.keys:
+                for r, kr in zip(pt.refs, o.keys):
+                    arch[pt.key_label(r)] = kr
+        out.append(canonical_arch(space, {a: v for a, v in arch.items() if a in labels}))
+    return out
 
 
 def flops_range(space: SearchSpace, cost: CostModel) -> tuple[int, int]:

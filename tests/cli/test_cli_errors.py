@@ -142,6 +142,8 @@ CASES = [
     # operator and backbone keywords are checked before anything is built or written
     ("supernet", ["-c", "{t}/ok.yaml", *tiny("space.op_config={acla: {tau: -1}}"), "--out", "{t}/o1"],
      r"space\.op_config\.acla: tau must be a positive number, got -1"),
+    ("supernet", ["-c", "{t}/ok.yaml", *tiny("search.rerank=-1"), "--out", "{t}/o1"],
+     r"search\.rerank: an int >= 0 \(0: off\), got -1"),
     ("supernet", ["-c", "{t}/ok.yaml", *tiny("space.op_config={acla: {dilation: 0}}"), "--out", "{t}/o1"],
      r"space\.op_config\.acla: dilation must be an int >= 1"),
     ("supernet", ["-c", "{t}/ok.yaml", *tiny("space.op_config={acla: {bogus: 1}}"), "--out", "{t}/o1"],

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from nas.engine.derive import derive, flops_range
+from nas.engine.derive import derive, derive_top, flops_range
 from nas.engine.flops import CostModel
 from nas.engine.network import build_backbone, canonical_arch
 from nas.restoration.task import Task
@@ -70,6 +70,30 @@ def test_derive_equals_brute_force_within_every_budget(kw):
             _, got_p, got_f = nets[json.dumps(got, sort_keys=True)]
             assert budget is None or got_f <= budget
             assert got_p == pytest.approx(best_p, rel=1e-9), (trial, budget)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_derive_top_equals_brute_force_ranking(k):
+    """The k most probable networks within each budget, in order (probabilities compared, so
+    ties between equally probable networks may come in either order)."""
+    space = space_of(points=["b00", "b01", "b02"], ops=["skip", "acla"], max_refs=2, keys=[0, 2, 4])
+    cost = CostModel(space, TASK, (12, 14))
+    lo, hi = flops_range(space, cost)
+    rng = random.Random(1)
+    for trial in range(4):
+        probs = random_probs(space, rng)
+        nets = network_probs(space, probs, cost)
+        for budget in [None, lo + (hi - lo) * 0.3, hi]:
+            feasible = sorted((p for _, p, f in nets.values() if budget is None or f <= budget),
+                              reverse=True)
+            got = derive_top(space, probs, cost, budget, k)
+            keys = [json.dumps(a, sort_keys=True) for a in got]
+            assert len(set(keys)) == len(keys) == min(k, len(feasible))
+            assert [nets[key][1] for key in keys] == pytest.approx(feasible[:k], rel=1e-9)
+            assert got[0] == derive(space, probs, cost, budget)
+            assert all(budget is None or nets[key][2] <= budget for key in keys)
+    with pytest.raises(ValueError, match="k must be"):
+        derive_top(space, probs, cost, None, 0)
 
 
 def test_flops_range_is_the_extremes():

@@ -142,6 +142,33 @@ def test_budget_penalty_pulls_expected_flops_to_the_target_and_derive_respects_i
     assert res.gflops <= target + 1e-12
 
 
+def test_rerank_exports_the_candidate_the_supernet_scores_best(tmp_path):
+    """search.rerank = 3: the 3 most probable architectures (derive_top) are scored with the
+    supernet's weights on fixed val batches, recorded in the provenance, and the best exported;
+    rerank = 0 exports the most probable one, which is candidate 0."""
+    from nas.engine.derive import derive_top
+    from nas.engine.supernet_search import ArchitectureSearch
+
+    cfg = tiny_cfg(**{"search.rerank": 3})
+    res = SupernetSearch(cfg, tmp_path / "r", progress=False).run()
+    ranked = load_archspec(res.arch_path).provenance["rerank"]
+    assert [r["rank"] for r in ranked] == [0, 1, 2]
+    best = max(ranked, key=lambda r: r["inherited_psnr_db"])
+    assert res.arch == best["arch"]
+    # the candidates are derive_top's, and their scores are reproducible from the same weights
+    search = ArchitectureSearch(cfg, tmp_path / "r", tmp_path / "r" / "supernet" / "supernet.pt")
+    search.try_resume()
+    probs = search.model.probs_dict()
+    assert [r["arch"] for r in ranked] == derive_top(search.model.space, probs, search.model.cost,
+                                                     None, 3)
+    again = search.inherited_psnr([r["arch"] for r in ranked])
+    assert again == pytest.approx([r["inherited_psnr_db"] for r in ranked], abs=1e-3)
+    plain = SupernetSearch(tiny_cfg(), tmp_path / "p", progress=False,
+                           supernet_dir=tmp_path / "r" / "supernet").run()
+    assert plain.arch == ranked[0]["arch"]
+    assert "rerank" not in load_archspec(plain.arch_path).provenance
+
+
 def test_tensorboard_gets_losses_and_gate_probabilities(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
