@@ -18,7 +18,8 @@ operators that were not drawn with zero-valued straight-through weights
 of its candidate on the loss on every step, not only when drawn.
 
 Derivation (:mod:`nas.engine.derive`): the most probable architecture, within
-``penalty.target_gflops`` when a target is set.
+``penalty.target_gflops`` when a target is set; ``search.rerank = k``: the best of the k most
+probable by the supernet's own PSNR (:mod:`nas.engine.rerank`).
 
 Files::
 
@@ -52,10 +53,10 @@ from tqdm import tqdm
 from nas.config import Config, dump_config
 from nas.config_checks import check_search
 from nas.engine import distributed as dist
-from nas.engine.derive import derive, derive_top
 from nas.engine.export import SearchResult, export_result
 from nas.engine.gates import TemperatureSchedule
 from nas.engine.objective import alpha_loss, batch_psnr
+from nas.engine.rerank import derive_for_search
 from nas.engine.runlog import RunLog
 from nas.engine.scoring import SplitPairs, load_splits
 from nas.engine.supernet import Supernet
@@ -366,46 +367,11 @@ class ArchitectureSearch(_Run):
                 "loss": dist.mean_over_ranks(float(loss.detach())),
                 "e_gflops": float(e_flops.detach()) / 1e9, "tau": tau}
 
-    #: batches of the val split that ``search.rerank`` scores each candidate on
-    RERANK_BATCHES = 8
-
     def derive(self) -> dict[str, Any]:
-        """The derived architecture (``search.derive``; budget mode when a target is set), or
-        with ``search.rerank = k >= 2`` the best of the ``k`` most probable ones by the
-        supernet's inherited-weight PSNR (:attr:`reranked` keeps every candidate's score)."""
-        s = self.cfg.search
-        mode = s.derive or ("budget" if s.penalty.target_gflops else "argmax")
-        budget = s.penalty.target_gflops * 1e9 if mode == "budget" else None
-        probs = self.model.probs_dict()
-        self.reranked: list[dict] = []
-        if s.rerank < 2:
-            return derive(self.model.space, probs, self.model.cost, budget)
-        cands = derive_top(self.model.space, probs, self.model.cost, budget, s.rerank)
-        psnr = self.inherited_psnr(cands)
-        self.reranked = [{"rank": i, "inherited_psnr_db": round(v, 4), "arch": a}
-                         for i, (a, v) in enumerate(zip(cands, psnr))]
-        return cands[max(range(len(cands)), key=lambda i: (psnr[i], -i))]
-
-    def inherited_psnr(self, archs: list[dict[str, Any]]) -> list[float]:
-        """PSNR (dB, mean over :attr:`RERANK_BATCHES` fixed batches of the val split, the same
-        batches for every architecture) of each architecture run with the supernet's weights."""
-        stream = PatchStream(self.splits.val, self.task, self.cfg.data.patch_size,
-                             self.batch_size, seed=self.cfg.seed + 2,
-                             augment=self.cfg.data.augment)
-        batches = [stream.next() for _ in range(self.RERANK_BATCHES)]
-        was_training = self.model.training
-        self.model.eval()
-        out = []
-        try:
-            with torch.no_grad():
-                for arch in archs:
-                    dec = self.model.decisions(arch)
-                    vals = [batch_psnr(self.model(lq.to(self.device), dec), hr.to(self.device))
-                            for lq, hr in batches]
-                    out.append(sum(vals) / len(vals))
-        finally:
-            self.model.train(was_training)
-        return out
+        """The derived architecture (:func:`nas.engine.rerank.derive_for_search`)."""
+        arch, self.reranked = derive_for_search(self.cfg, self.model, self.splits,
+                                                self.batch_size, self.device)
+        return arch
 
     def run(self, stop_after: int | None = None, on_step: Callable[[dict], None] | None = None,
             seconds_before: float = 0.0) -> SearchResult | None:

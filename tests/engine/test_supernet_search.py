@@ -147,6 +147,7 @@ def test_rerank_exports_the_candidate_the_supernet_scores_best(tmp_path):
     supernet's weights on fixed val batches, recorded in the provenance, and the best exported;
     rerank = 0 exports the most probable one, which is candidate 0."""
     from nas.engine.derive import derive_top
+    from nas.engine.rerank import inherited_psnr, rerank_batches
     from nas.engine.supernet_search import ArchitectureSearch
 
     cfg = tiny_cfg(**{"search.rerank": 3})
@@ -161,7 +162,8 @@ def test_rerank_exports_the_candidate_the_supernet_scores_best(tmp_path):
     probs = search.model.probs_dict()
     assert [r["arch"] for r in ranked] == derive_top(search.model.space, probs, search.model.cost,
                                                      None, 3)
-    again = search.inherited_psnr([r["arch"] for r in ranked])
+    again = inherited_psnr(search.model, [r["arch"] for r in ranked],
+                           rerank_batches(cfg, search.splits, search.batch_size))
     assert again == pytest.approx([r["inherited_psnr_db"] for r in ranked], abs=1e-3)
     plain = SupernetSearch(tiny_cfg(), tmp_path / "p", progress=False,
                            supernet_dir=tmp_path / "r" / "supernet").run()
