@@ -340,9 +340,10 @@ def rank(args) -> None:
     """The supernet's own ranking of the feasible architectures, per search seed: inherited-weight
     PSNR (mean over 8 fixed batches of 16 patches of the alpha split) of each search's trained
     supernet -> ``planted_supernet_rank.csv`` (``seed, arch, inherited_psnr_db, picked``)."""
-    from nas.engine.objective import batch_psnr
+    from nas.engine.rerank import inherited_psnr
     from nas.engine.supernet import Supernet
     from nas.restoration.patches import PatchStream
+    from nas.timing import write_csv
 
     base = planted_config(args)
     space, cost = study_space(base), cost_model(base)
@@ -360,17 +361,12 @@ def rank(args) -> None:
             raise SystemExit(f"{weights}: missing (the search stage keeps it under --work)")
         sn = Supernet(base.space, base.task)
         sn.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["model"])
-        sn.eval()
-        with torch.no_grad():
-            for arch in feasible:
-                dec = sn.decisions(arch)
-                v = statistics.fmean(batch_psnr(sn(lq, dec), hr) for lq, hr in batches)
-                name = label(space, arch)
-                rows.append({"seed": seed, "arch": name, "inherited_psnr_db": f"{v:.3f}",
-                             "picked": int(name == picked[seed])})
-    text = "seed,arch,inherited_psnr_db,picked\n" + "".join(
-        f"{r['seed']},{r['arch']},{r['inherited_psnr_db']},{r['picked']}\n" for r in rows)
-    atomic_write_text(args.out / "planted_supernet_rank.csv", text)
+        for arch, v in zip(feasible, inherited_psnr(sn, feasible, batches)):
+            name = label(space, arch)
+            rows.append({"seed": seed, "arch": name, "inherited_psnr_db": f"{v:.3f}",
+                         "picked": int(name == picked[seed])})
+    write_csv(args.out / "planted_supernet_rank.csv",
+              ["seed", "arch", "inherited_psnr_db", "picked"], rows)
     planted, _ = planted_set(read_rows(args.out / "planted_validation.csv"))
     top_ok = 0
     for seed in sorted(picked):

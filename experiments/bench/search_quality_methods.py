@@ -84,23 +84,17 @@ def kendall_of_supernet(cfg, weights: Path, gt: dict) -> float:
     inherited weights, on fixed batches of the alpha split) and the ground-truth means."""
     from scipy.stats import kendalltau
 
-    from nas.engine.objective import batch_psnr
+    from nas.engine.rerank import inherited_psnr
     from nas.engine.supernet import Supernet
     from nas.restoration.patches import PatchStream
 
     sn = Supernet(cfg.space, cfg.task)
     sn.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["model"])
-    sn.eval()
     splits = load_splits(cfg)
     sampler = PatchStream(splits.val, cfg.task, cfg.data.patch_size, 16, seed=12345)
     batches = [sampler.next() for _ in range(8)]
-    pred, true = [], []
-    with torch.no_grad():
-        for g in gt.values():
-            dec = sn.decisions(g["arch"])
-            pred.append(statistics.fmean(batch_psnr(sn(lq, dec), hr) for lq, hr in batches))
-            true.append(g["mean"])
-    return float(kendalltau(pred, true).statistic)
+    pred = inherited_psnr(sn, [g["arch"] for g in gt.values()], batches)
+    return float(kendalltau(pred, [g["mean"] for g in gt.values()]).statistic)
 
 
 def _nni(args, cfg, seed: int, strategy: str, lam: float, gt: dict) -> tuple[dict, float]:
