@@ -269,10 +269,12 @@ def report(args) -> None:
         args.out / "search_quality_per_seed.csv", index=False, float_format="%.5g")
     print(json.dumps(header, indent=1))
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    _plot(args.out / "search_quality.png", gt, means, true_front, by, plain, header)
+    from nas.study.run import axis_labels
+
+    _plot(args.out / "search_quality.png", gt, means, true_front, by, plain, header, axis_labels(cfg))
 
 
-def _plot(path: Path, gt, means, true_front, by, plain, header) -> None:
+def _plot(path: Path, gt, means, true_front, by, plain, header, labels: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,7 +289,8 @@ def _plot(path: Path, gt, means, true_front, by, plain, header) -> None:
         ax.errorbar(g["gflops"], means[k], yerr=se, fmt="o", ms=6 if on else 4,
                     color="tab:blue" if on else "0.7", ecolor="0.8", zorder=3 if on else 2)
     tf = sorted(true_front, key=lambda k: gt[k]["gflops"])
-    ax.step([gt[k]["gflops"] for k in tf], [means[k] for k in tf], where="post", c="tab:blue",
+    xs, ys = [gt[k]["gflops"] for k in tf], [means[k] for k in tf]
+    ax.step(xs + [max(g["gflops"] for g in gt.values())], ys + ys[-1:], where="post", c="tab:blue",
             label="true front (ground-truth means, +-1 SE over seeds)")
     marks = {"ours": ("s", "tab:red"), "random": ("^", "tab:green"), "nni-darts": ("v", "tab:purple"),
              "nni-gumbel": ("D", "tab:brown"), PAPER: ("*", "tab:orange")}
@@ -296,8 +299,8 @@ def _plot(path: Path, gt, means, true_front, by, plain, header) -> None:
         if found:
             ax.scatter([gt[k]["gflops"] for k in found], [means[k] for k in found], marker=mk,
                        s=60, facecolors="none", edgecolors=col, label=f"{m} (all seeds)", zorder=4)
-    ax.set_xlabel("GFLOPs at 320x180 input (FLOPs = 2 x MACs)")
-    ax.set_ylabel("ground-truth PSNR (dB, Y, crop 4; SR x4, held-out photos)")
+    ax.set_xlabel(labels["gflops"])
+    ax.set_ylabel("ground-truth " + labels["psnr_db"].replace("score ", ""))
     ax.set_title(f"search quality: spread {header['spread_db']:.3f} dB, paired noise SD "
                  f"{header['paired_sd_db']:.4f} dB", fontsize=9)
     ax.grid(alpha=0.3)
