@@ -40,7 +40,7 @@ from nas.study.objective import Objective, TrialOutcome
 from nas.study.params import HpoConfig, ParamSpec, base_values, check_params, parse_hpo
 from nas.study.references import reference_arch
 from nas.study.storage import StorageSpec, init_lock, open_storage, quiet_optuna
-from nas.study.workers import RequeueStaleTrial, fail_dead_local_trials, requeue_orphans
+from nas.study.workers import RequeueStaleTrial, reap_dead_trials
 
 log = logging.getLogger("acla_nas.study")
 
@@ -411,12 +411,8 @@ def run_study(setup: StudySetup, study, storage, out_dir: str | os.PathLike, *,
     ran = 0
     try:
         while True:
-            with quiet_optuna():
-                optuna.storages.fail_stale_trials(study)
-            for n in fail_dead_local_trials(study, storage, h.max_retry):
-                say(f"trial {n}: its worker is gone; re-queued to resume from its checkpoint")
-            for n in requeue_orphans(study, h.max_retry):
-                say(f"trial {n}: stopped before it was re-queued; re-queued now")
+            for msg in reap_dead_trials(study, storage, h.max_retry):
+                say(msg)
             c = count_trials(study)
             bar.n = min(c["done"] + c["ref_done"], bar.total)
             bar.set_postfix(complete=c["complete"], running=c["running"])

@@ -183,3 +183,29 @@ def requeue_orphans(study, max_retry: int | None = 3) -> list[int]:
             if requeue(study, t, max_retry, reason=f"trial {t.number}: {reason[:80]}") is not None:
                 out.append(t.number)
     return out
+
+
+def reap_dead_trials(study, storage, max_retry: int | None = 3) -> list[str]:
+    """Fail and re-queue every trial whose worker is gone, in the order that keeps the reasons.
+
+    1. Trials of dead workers on this host (:func:`fail_dead_local_trials`): their
+       ``fail_reason`` is written before their state, so it is never lost.
+    2. Trials whose heartbeat stopped (RDB storages; workers on other hosts or in other PID
+       namespaces): Optuna fails them and :class:`RequeueStaleTrial` re-queues them. A finished
+       trial takes no user attributes, so these carry no ``fail_reason``; their retry's
+       ``retry_reason`` says why. Running step 2 first would send local trials down this path
+       as soon as their grace period is over (a torchrun restart takes longer than that).
+    3. Trials failed for an outside reason whose re-queue was cut short (:func:`requeue_orphans`).
+
+    Returns:
+        One message per trial handled, for the log.
+    """
+    import optuna
+
+    msgs = [f"trial {n}: its worker is gone; re-queued to resume from its checkpoint"
+            for n in fail_dead_local_trials(study, storage, max_retry)]
+    with quiet_optuna():
+        optuna.storages.fail_stale_trials(study)
+    msgs += [f"trial {n}: stopped before it was re-queued; re-queued now"
+             for n in requeue_orphans(study, max_retry)]
+    return msgs
