@@ -367,11 +367,10 @@ class ArchitectureSearch(_Run):
                 "loss": dist.mean_over_ranks(float(loss.detach())),
                 "e_gflops": float(e_flops.detach()) / 1e9, "tau": tau}
 
-    def derive(self) -> dict[str, Any]:
-        """The derived architecture (:func:`nas.engine.rerank.derive_for_search`)."""
-        arch, self.reranked = derive_for_search(self.cfg, self.model, self.splits,
-                                                self.batch_size, self.device)
-        return arch
+    def derive(self) -> tuple[dict[str, Any], list[dict]]:
+        """The derived architecture and the rerank records
+        (:func:`nas.engine.rerank.derive_for_search`)."""
+        return derive_for_search(self.cfg, self.model, self.splits, self.batch_size, self.device)
 
     def run(self, stop_after: int | None = None, on_step: Callable[[dict], None] | None = None,
             seconds_before: float = 0.0) -> SearchResult | None:
@@ -423,14 +422,14 @@ class ArchitectureSearch(_Run):
 
     def finish(self, seconds: float) -> SearchResult:
         """Derive and export (:func:`nas.engine.export.export_result`; rank 0)."""
-        arch = self.derive()
+        arch, reranked = self.derive()
         fixed = self.model.fixed_network(arch, inherit=True)
         s = self.cfg.search
         provenance = {"run": str(self.out), "supernet": str(self.weights), "seed": self.cfg.seed,
                       "supernet_steps": s.supernet_steps, "alpha_steps": self.step,
                       "tau": self.tau(self.step), "lambda": s.penalty.lam,
                       "penalty": s.penalty.kind, "target_gflops": s.penalty.target_gflops,
-                      **({"rerank": self.reranked} if self.reranked else {}),
+                      **({"rerank": reranked} if reranked else {}),
                       **self.provenance}
         return export_result(fixed, arch, task=self.task, space_cfg=self.cfg.space,
                              cost=self.model.cost, probs=self.model.probs_dict(), out_dir=self.out,
