@@ -116,3 +116,33 @@ def test_every_script_is_covered():
                "data_memory.py",
                "scaling.py", "quickstart_time.py", "search_quality.py", "search_quality_methods.py"}
     assert {p.name for p in BENCH.glob("*.py")} == covered
+
+
+def test_architecture_signal_matches_a_regression_f_test():
+    """The blocked ANOVA of the search-quality report against an independent computation: the F
+    test of nested least-squares models (seed only vs seed + architecture), on a planted table."""
+    import numpy as np
+    from scipy import stats
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from search_quality_methods import architecture_signal
+    finally:
+        sys.path.remove(str(BENCH))
+    rng = np.random.default_rng(0)
+    a, s = 9, 4
+    y = 26.0 + rng.normal(0, 0.03, (a, 1)) + rng.normal(0, 0.05, (1, s)) + rng.normal(0, 0.01, (a, s))
+    arch_d = np.kron(np.eye(a), np.ones((s, 1)))  # rows: (arch, seed) in C order
+    seed_d = np.kron(np.ones((a, 1)), np.eye(s))
+    rss = [np.linalg.lstsq(x, y.ravel(), rcond=None)[1][0] for x in
+           (seed_d, np.hstack([arch_d, seed_d[:, 1:]]))]
+    df1, df2 = a - 1, (a - 1) * (s - 1)
+    f_ref = ((rss[0] - rss[1]) / df1) / (rss[1] / df2)
+    got = architecture_signal(y)
+    assert abs(got["anova_f"] - f_ref) < 1e-8 * f_ref
+    assert abs(got["anova_p"] - stats.f.sf(f_ref, df1, df2)) < 1e-12
+    assert abs(got["residual_sd_db"] - np.sqrt(rss[1] / df2)) < 1e-12
+    assert got["anova_f"] > 20 and got["anova_p"] < 1e-6  # planted effects 3x the noise
+    assert 0.01 < got["arch_sd_db"] < 0.06 and got["seed_rank_corr"] > 0.8
+    noise = architecture_signal(26.0 + rng.normal(0, 0.01, (27, 3)))
+    assert noise["anova_p"] > 0.01 and noise["arch_sd_db"] < 0.005

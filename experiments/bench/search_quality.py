@@ -4,8 +4,8 @@ search method at equal compute over several search seeds.
 Stages (each resumable; results in ``results/bench/search_quality*.csv``):
 
 ``ground-truth``
-    Every architecture of the space of ``--config`` (default ``search_quality.yaml``: SR x4,
-    edsr-tiny, points b01-b03, keys {0, 4, 9}: 27 architectures) scored by the study's scoring
+    Every architecture of the space of ``--config`` (default ``search_quality.yaml``: colour
+    denoising at sigma 50, edsr-tiny, points b01-b03, keys {0, 4, 9}: 27 architectures) scored by the study's scoring
     protocol (:func:`nas.engine.scoring.score_architecture`: stand-alone training from scratch,
     PSNR on held-out photos, common random numbers) with seeds ``0 .. --gt-seeds - 1``.
     ``--workers N`` processes share the list (one thread each). Rows:
@@ -29,7 +29,10 @@ Stages (each resumable; results in ``results/bench/search_quality*.csv``):
     Rows: ``method, seed, arch_key, own_psnr_db, gflops, seconds``.
 
 ``report``
-    From the two tables: the true front (ground-truth means) and its noise; per method and seed
+    From the two tables: whether the ground truth separates its architectures at all (a two-way
+    analysis of variance, architecture x seed; the range of the means is no such test), the true
+    front and its noise. Methods pick by seed 0's scores, so the truth they are valued at is the
+    mean of the other seeds (all seeds when fewer than two others exist). Per method and seed
     the hypervolume ratio to the true front (the method's front as it saw it, valued at the
     ground truth), regret at every FLOPs budget (ground-truth PSNR of the method's pick within the
     budget vs the best there), P(beats random); for ours also Kendall tau between the supernet's
