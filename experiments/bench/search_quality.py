@@ -5,9 +5,9 @@ Stages (each resumable; results in ``results/bench/search_quality*.csv``):
 
 ``ground-truth``
     Every architecture of the space of ``--config`` (default ``search_quality.yaml``: colour
-    denoising at sigma 50, edsr-tiny, points b01-b03, keys {0, 4, 9}: 27 architectures) scored by the study's scoring
-    protocol (:func:`nas.engine.scoring.score_architecture`: stand-alone training from scratch,
-    PSNR on held-out photos, common random numbers) with seeds ``0 .. --gt-seeds - 1``.
+    denoising at sigma 50, edsr-tiny, points b01-b03, keys {0, 4, 9}: 27 architectures) scored
+    by the study's scoring protocol (:func:`nas.engine.scoring.score_architecture`: stand-alone
+    training from scratch, PSNR on held-out photos, common random numbers) with seeds ``0 .. --gt-seeds - 1``.
     ``--workers N`` processes share the list (one thread each). Rows:
     ``arch_key, seed, psnr_db, seconds, gflops, params, arch``.
 
