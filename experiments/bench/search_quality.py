@@ -26,7 +26,13 @@ Stages (each resumable; results in ``results/bench/search_quality*.csv``):
       optimiser steps per run;
     * ``paper``: the ACLA paper's fixed choice (ACLA with 9 keys at every point).
 
-    Rows: ``method, seed, arch_key, own_psnr_db, gflops, seconds``.
+    Rows: ``method, seed, arch_key, own_psnr_db, gflops, seconds``. For ``ours`` also the
+    trained supernet's ranking: every architecture's PSNR with inherited weights on the batches
+    the study's rerank uses -> ``search_quality_supernet_rank.csv``
+    (``seed, arch_key, inherited_psnr_db``).
+
+``supernet-rank``
+    That ranking for ``ours`` runs whose folders are in ``--work`` but have no rows yet.
 
 ``report``
     From the two tables: whether the ground truth separates its architectures at all (a two-way
@@ -36,13 +42,14 @@ Stages (each resumable; results in ``results/bench/search_quality*.csv``):
     the hypervolume ratio to the true front (the method's front as it saw it, valued at the
     ground truth), regret at every FLOPs budget (ground-truth PSNR of the method's pick within the
     budget vs the best there), P(beats random); for ours also Kendall tau between the supernet's
-    ranking (inherited-weight validation loss of all architectures) and the ground truth. Writes
+    ranking and the ground truth, beside the same tau for seed 0's stand-alone scores. Writes
     ``search_quality.csv`` (per method, mean +- SE over seeds) and ``search_quality.png``.
 
 Usage::
 
     python experiments/bench/search_quality.py ground-truth --workers 2
     python experiments/bench/search_quality.py methods
+    python experiments/bench/search_quality.py supernet-rank   # older runs' supernets only
     python experiments/bench/search_quality.py report
 """
 
@@ -145,7 +152,7 @@ def ground_truth(args) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stage", choices=["ground-truth", "methods", "report"])
+    p.add_argument("stage", choices=["ground-truth", "methods", "supernet-rank", "report"])
     p.add_argument("--config", type=Path, default=ROOT / "experiments/bench/search_quality.yaml")
     p.add_argument("--out", type=Path, default=ROOT / "results/bench")
     p.add_argument("--work", type=Path, default=Path("/tmp/acla-nas-search-quality"),
@@ -171,6 +178,10 @@ def main(argv=None) -> int:
         from search_quality_methods import run_methods  # noqa: E402 - beside this file
 
         run_methods(args)
+    elif args.stage == "supernet-rank":
+        from search_quality_methods import rank_missing  # noqa: E402
+
+        rank_missing(args)
     else:
         from search_quality_methods import report  # noqa: E402
 
