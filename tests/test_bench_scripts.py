@@ -146,3 +146,33 @@ def test_architecture_signal_matches_a_regression_f_test():
     assert 0.01 < got["arch_sd_db"] < 0.06 and got["seed_rank_corr"] > 0.8
     noise = architecture_signal(26.0 + rng.normal(0, 0.01, (27, 3)))
     assert noise["anova_p"] > 0.01 and noise["arch_sd_db"] < 0.005
+
+
+def test_seeds_for_power_matches_a_simulation():
+    """The seed count the report says the ground truth needs, checked by simulating the
+    analysis of variance at that count and one seed fewer."""
+    import numpy as np
+    from scipy import stats
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from search_quality_methods import seeds_for_power
+    finally:
+        sys.path.remove(str(BENCH))
+    a, sd_a, sd_e = 27, 0.005, 0.0127
+    n = seeds_for_power(a, sd_a, sd_e)
+    assert n is not None and 3 < n < 30
+    rng = np.random.default_rng(1)
+
+    def power(seeds: int, runs: int = 600) -> float:
+        hits = 0
+        for _ in range(runs):
+            y = rng.normal(0, sd_a, (a, 1)) + rng.normal(0, sd_e, (a, seeds))
+            ms_a = seeds * y.mean(1).var(ddof=1)
+            res = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+            ms_e = (res ** 2).sum() / ((a - 1) * (seeds - 1))
+            hits += stats.f.sf(ms_a / ms_e, a - 1, (a - 1) * (seeds - 1)) < 0.05
+        return hits / runs
+
+    assert power(n) > 0.75 and power(n - 1) < 0.85  # 600 runs: SE of a power about 0.016
+    assert seeds_for_power(a, 0.0, sd_e) is None

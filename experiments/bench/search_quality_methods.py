@@ -234,10 +234,30 @@ def architecture_signal(scores) -> dict:
     ms_arch, ms_res = ss_arch / df_arch, ss_res / df_res
     f = ms_arch / ms_res
     corr = [stats.spearmanr(y[:, i], y[:, j]).statistic for i in range(s) for j in range(i + 1, s)]
+    arch_sd = float(np.sqrt(max(ms_arch - ms_res, 0.0) / s))
     return {"anova_f": float(f), "anova_p": float(stats.f.sf(f, df_arch, df_res)),
-            "residual_sd_db": float(np.sqrt(ms_res)),
-            "arch_sd_db": float(np.sqrt(max(ms_arch - ms_res, 0.0) / s)),
-            "seed_rank_corr": float(np.mean(corr))}
+            "residual_sd_db": float(np.sqrt(ms_res)), "arch_sd_db": arch_sd,
+            "seed_rank_corr": float(np.mean(corr)),
+            "seeds_for_80pct_power": seeds_for_power(a, arch_sd, float(np.sqrt(ms_res)))}
+
+
+def seeds_for_power(archs: int, arch_sd: float, residual_sd: float, alpha: float = 0.05,
+                    power: float = 0.8, most: int = 1000) -> int | None:
+    """The number of seeds per architecture at which the analysis of variance of
+    :func:`architecture_signal` detects architecture effects of SD ``arch_sd`` (dB) over a
+    residual noise ``residual_sd`` with the given power at level ``alpha`` (noncentral F,
+    noncentrality ``n (a - 1) arch_sd^2 / residual_sd^2``); ``None`` if no effect was measured
+    or more than ``most`` seeds would be needed."""
+    from scipy import stats
+
+    if not arch_sd > 0:
+        return None
+    for n in range(2, most + 1):
+        d1, d2 = archs - 1, (archs - 1) * (n - 1)
+        nc = n * (archs - 1) * arch_sd ** 2 / residual_sd ** 2
+        if stats.ncf.sf(stats.f.isf(alpha, d1, d2), d1, d2, nc) >= power:
+            return n
+    return None
 
 
 def _hv(points, ref) -> float:
