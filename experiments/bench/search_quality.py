@@ -165,6 +165,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     methods = ["ours", "random", "paper", "nni-darts", "nni-gumbel"]
     p.add_argument("--methods", nargs="+", choices=methods, default=methods,
                    help="methods: only these (random needs ours of the same seed first)")
+    p.add_argument("--cost-seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="methods: ground-truth seeds whose run times give the cost of one "
+                        "scoring run (random search's budget); seeds 3 and 4 of the committed "
+                        "table ran beside other jobs")
     p.add_argument("--nni-lambdas", type=float, nargs="+", default=[0.0, 2.0])
     return p.parse_args(argv)
 

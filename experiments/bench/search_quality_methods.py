@@ -34,13 +34,13 @@ def _append(path: Path, row: dict, columns=RUN_COLUMNS) -> None:
 
 
 def ground_truth_table(out: Path) -> dict[str, dict]:
-    """``{arch_key: {"arch", "gflops", "scores": {seed: psnr}, "seconds": [..]}}``."""
+    """``{arch_key: {"arch", "gflops", "scores": {seed: psnr}, "seconds": {seed: s}}}``."""
     gt: dict[str, dict] = {}
     for r in _rows(out / "search_quality_ground_truth.csv"):
         g = gt.setdefault(r["arch_key"], {"arch": json.loads(r["arch"]), "gflops": float(r["gflops"]),
-                                          "scores": {}, "seconds": []})
+                                          "scores": {}, "seconds": {}})
         g["scores"][int(r["seed"])] = float(r["psnr_db"])
-        g["seconds"].append(float(r["seconds"]))
+        g["seconds"][int(r["seed"])] = float(r["seconds"])
     for g in gt.values():
         g["mean"] = statistics.fmean(g["scores"].values())
     return gt
@@ -162,7 +162,13 @@ def run_methods(args) -> None:
         paper[p.op_label()] = "acla"
         paper.update({p.key_label(r): max(p.keys) for r in p.refs})
     paper_key = arch_key(canonical(space, paper))
-    score_seconds = statistics.fmean(s for g in gt.values() for s in g["seconds"])
+    # the cost of one scoring run, for random search's equal-compute budget: the mean run time
+    # of the ground-truth seeds given (--cost-seeds), so that runs timed beside other jobs do
+    # not change the budget
+    cost_seeds = set(args.cost_seeds) if args.cost_seeds else None
+    score_seconds = statistics.fmean(
+        t for g in gt.values() for s, t in g["seconds"].items()
+        if cost_seeds is None or s in cost_seeds)
     args.work.mkdir(parents=True, exist_ok=True)
     wanted = set(args.methods)
 
