@@ -406,7 +406,8 @@ def _plot(path: Path, gt, means, true_front, by, plain, header, labels: dict) ->
     ax.set_xlabel(labels["gflops"])
     ax.set_ylabel("ground-truth " + labels["psnr_db"].replace("score ", ""))
     ax.set_title(f"search quality: spread {header['spread_db']:.3f} dB, paired noise SD "
-                 f"{header['paired_sd_db']:.4f} dB", fontsize=9)
+                 f"{header['paired_sd_db']:.4f} dB; architectures differ? ANOVA "
+                 f"p = {header['anova_p']:.2f}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
