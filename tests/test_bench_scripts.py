@@ -103,7 +103,7 @@ def test_planted_problem_small_version(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["data_memory.py", "scaling.py", "quickstart_time.py",
-                                    "search_quality.py", "acla_compile.py"])
+                                    "search_quality.py", "acla_compile.py", "score_fidelity.py"])
 def test_slow_scripts_parse_their_arguments(script):
     assert "usage:" in run(script, "--help", timeout=120).stdout
 
@@ -114,7 +114,8 @@ def test_every_script_is_covered():
     covered = {"attention_scaling.py", "acla_keys.py", "supernet_overhead.py", "planted.py",
                "acla_compile.py",
                "data_memory.py",
-               "scaling.py", "quickstart_time.py", "search_quality.py", "search_quality_methods.py"}
+               "scaling.py", "quickstart_time.py", "search_quality.py", "search_quality_methods.py",
+               "score_fidelity.py"}
     assert {p.name for p in BENCH.glob("*.py")} == covered
 
 
