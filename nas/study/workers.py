@@ -90,11 +90,17 @@ def requeue(study, trial, max_retry: int | None, reason: str = "") -> int | None
         reason: why it failed, recorded as the copy's ``retry_reason``.
 
     Returns:
-        The number the copy will get (the next trial number), or ``None`` when ``max_retry``
-        retries were already made.
+        The number the copy will get (the next trial number); the number of the existing copy
+        when ``trial`` was re-queued before (so every path may call this: a trial whose
+        bookkeeping was cut short between its re-queue and its FAIL state is found again by the
+        dead-worker check after a restart); ``None`` when ``max_retry`` retries were already
+        made.
     """
     import optuna
 
+    for t in study.get_trials(deepcopy=False):
+        if t.system_attrs.get("failed_trial") == trial.number:
+            return t.number
     system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
     system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
     system_attrs.pop("fixed_params", None)

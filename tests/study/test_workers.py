@@ -59,3 +59,17 @@ def test_a_remote_worker_is_failed_by_its_heartbeat_and_retried_with_the_reason(
     assert t0.state == TrialState.FAIL and "fail_reason" not in t0.user_attrs
     assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == 0
     assert "stopped sending heartbeats" in retry.user_attrs["retry_reason"]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_requeued_before_its_worker_died_is_not_requeued_twice(tmp_path):
+    # the surviving rank re-queued the trial, then was killed before Optuna set its FAIL state:
+    # after the restart the dead-worker check fails it, and must not add a second copy
+    study, storage = _running_trial_with_stale_heartbeat(
+        tmp_path, {**workers.worker_id(), "pid": dead_pid()})
+    first = workers.requeue(study, study.get_trials()[0], max_retry=3, reason="interrupted")
+    assert workers.requeue(study, study.get_trials()[0], max_retry=3) == first
+    workers.reap_dead_trials(study, storage, max_retry=3)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].number == first and trials[1].user_attrs["retry_reason"] == "interrupted"
