@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import multiprocessing as mp
 import statistics
 import sys
@@ -46,27 +45,20 @@ COLUMNS = ["supernet_seed", "arch_key", "steps", "psnr_db", "seconds"]
 
 def _worker(job) -> None:
     from search_quality import append_row, read_rows
-    from search_quality_methods import ground_truth_table
+    from search_quality_methods import ground_truth_table, load_ours_supernet
 
     from nas.config import load_config
     from nas.engine.objective import l1_train_step
     from nas.engine.scoring import load_splits
-    from nas.engine.supernet import Supernet
-    from nas.engine.supernet_search import supernet_key
     from nas.restoration.evaluate import psnr_on_centre_crops
     from nas.restoration.patches import PatchStream
 
     args, seed = job
     torch.set_num_threads(1)
-    cfg = load_config(args.config)
-    c = copy.deepcopy(cfg)
-    c.seed = seed
+    c, sn = load_ours_supernet(args.work, load_config(args.config), seed)
     gt = ground_truth_table(args.gt)
     out = args.out / "score_fidelity.csv"
     done = {(int(r["supernet_seed"]), r["arch_key"]) for r in read_rows(out)}
-    weights = args.work / f"ours_s{seed}" / "supernets" / supernet_key(c) / "supernet.pt"
-    sn = Supernet(c.space, c.task)
-    sn.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["model"])
     splits = load_splits(c)
     sc = c.score
     marks = sorted(set(args.steps))
@@ -115,14 +107,14 @@ def report(args) -> None:
     """Kendall tau (mean +- SE over supernets) of each fine-tune length against the truth."""
     from scipy.stats import kendalltau
     from search_quality import read_rows
-    from search_quality_methods import ground_truth_table, one_run_kendall
+    from search_quality_methods import ground_truth_table, held_out_truth, one_run_kendall
 
     from nas.engine.scoring import mean_and_se
 
     gt = ground_truth_table(args.gt)
     keys = sorted(gt)
-    held = sorted(set.intersection(*(set(gt[k]["scores"]) for k in keys)) - {0})
-    truth = [statistics.fmean(gt[k]["scores"][s] for s in held) for k in keys]
+    held, means = held_out_truth(gt)
+    truth = [means[k] for k in keys]
     table: dict[tuple[int, int], dict[str, float]] = {}
     secs: dict[int, list[float]] = {}
     for r in read_rows(args.out / "score_fidelity.csv"):

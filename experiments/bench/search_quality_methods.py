@@ -41,9 +41,39 @@ def ground_truth_table(out: Path) -> dict[str, dict]:
                                           "scores": {}, "seconds": {}})
         g["scores"][int(r["seed"])] = float(r["psnr_db"])
         g["seconds"][int(r["seed"])] = float(r["seconds"])
-    for g in gt.values():
-        g["mean"] = statistics.fmean(g["scores"].values())
     return gt
+
+
+def common_seeds(gt: dict) -> list[int]:
+    """The ground-truth seeds every architecture was scored with."""
+    return sorted(set.intersection(*(set(g["scores"]) for g in gt.values())))
+
+
+def held_out_truth(gt: dict) -> tuple[list[int], dict[str, float]]:
+    """The seeds the truth is the mean of, and that mean (PSNR, dB) per architecture key.
+
+    Methods pick by seed 0's scores (their own); valuing those picks at means that include seed 0
+    would reward seed 0's noise, so the truth is the mean of the other common seeds when there
+    are at least two of them, else of all common seeds."""
+    seeds = common_seeds(gt)
+    held = [s for s in seeds if s != 0]
+    if len(held) < 2:
+        held = seeds
+    return held, {k: statistics.fmean(g["scores"][s] for s in held) for k, g in gt.items()}
+
+
+def load_ours_supernet(work: Path, cfg, seed: int):
+    """The trained supernet of the ``ours`` study of search seed ``seed`` in ``work``, and the
+    config with that seed. Returns ``(cfg, Supernet)``."""
+    from nas.engine.supernet import Supernet
+    from nas.engine.supernet_search import supernet_key
+
+    c = copy.deepcopy(cfg)
+    c.seed = seed
+    weights = work / f"ours_s{seed}" / "supernets" / supernet_key(c) / "supernet.pt"
+    sn = Supernet(c.space, c.task)
+    sn.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["model"])
+    return c, sn
 
 
 # ---------------------------------------------------------------------------------- methods
@@ -85,14 +115,8 @@ def supernet_ranking(args, cfg, seed: int, gt: dict) -> None:
     (:func:`nas.engine.rerank.rerank_batches`), appended to ``search_quality_supernet_rank.csv``.
     The report turns them into Kendall tau against the held-out ground truth."""
     from nas.engine.rerank import inherited_psnr, rerank_batches
-    from nas.engine.supernet import Supernet
-    from nas.engine.supernet_search import supernet_key
 
-    c = copy.deepcopy(cfg)
-    c.seed = seed
-    weights = args.work / f"ours_s{seed}" / "supernets" / supernet_key(c) / "supernet.pt"
-    sn = Supernet(c.space, c.task)
-    sn.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["model"])
+    c, sn = load_ours_supernet(args.work, cfg, seed)
     batches = rerank_batches(c, load_splits(c), c.search.alpha_batch_size or c.data.batch_size)
     keys = sorted(gt)
     pred = inherited_psnr(sn, [gt[k]["arch"] for k in keys], batches)
@@ -272,7 +296,7 @@ def one_run_kendall(gt: dict, keys: list[str]) -> list[float]:
     one-seed score, ``score.seeds: 1``)."""
     from scipy.stats import kendalltau
 
-    seeds = sorted(set.intersection(*(set(gt[k]["scores"]) for k in keys)))
+    seeds = common_seeds(gt)
     out = []
     for j in seeds:
         rest = [s for s in seeds if s != j]
@@ -296,13 +320,7 @@ def report(args) -> None:
     space = study_space(cfg)
     plain = arch_key(canonical(space, {p.op_label(): "skip" for p in space}))
     keys = sorted(gt)
-    # methods pick by seed 0's scores (their own); valuing those picks at means that include
-    # seed 0 would reward seed 0's noise, so the truth is the mean of the other seeds when there
-    # are at least two of them
-    held_out = sorted(set.intersection(*(set(gt[k]["scores"]) for k in keys)) - {0})
-    if len(held_out) < 2:
-        held_out = sorted(gt[keys[0]]["scores"])
-    means = {k: statistics.fmean(gt[k]["scores"][s] for s in held_out) for k in keys}
+    held_out, means = held_out_truth(gt)
     pts = [(means[k], gt[k]["gflops"]) for k in keys]
     ref = (min(means.values()) - 0.005, max(g["gflops"] for g in gt.values()) * 1.02)
     true_front = [k for k, on in zip(keys, pareto.pareto_mask(pts)) if on]
@@ -364,7 +382,7 @@ def report(args) -> None:
                "kendall_tau_se": mean_and_se(list(kt.values()))[1] if m == "ours" and len(kt) > 1
                else math.nan}
         table.append(row)
-    seeds = sorted(set.intersection(*(set(gt[k]["scores"]) for k in keys)))
+    seeds = common_seeds(gt)
     signal = architecture_signal([[gt[k]["scores"][s] for s in seeds] for k in keys])
     # the ceiling of any method that trusts one seed's scores: every architecture scored once
     one_seed = {k: gt[k]["scores"][0] for k in keys}
