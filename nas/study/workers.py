@@ -98,7 +98,8 @@ def requeue(study, trial, max_retry: int | None, reason: str = "") -> int | None
     """
     import optuna
 
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
         if t.system_attrs.get("failed_trial") == trial.number:
             return t.number
     system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
@@ -111,7 +112,7 @@ def requeue(study, trial, max_retry: int | None, reason: str = "") -> int | None
     if reason:
         user_attrs["retry_reason"] = reason
     with quiet_optuna():
-        number = len(study.get_trials(deepcopy=False))
+        number = len(trials)
         study.add_trial(optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING, params=trial.params,
             distributions=trial.distributions, user_attrs=user_attrs,
