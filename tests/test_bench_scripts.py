@@ -37,16 +37,23 @@ def rows(path: Path) -> list[dict]:
 def test_attention_scaling_and_search_step(tmp_path):
     run("attention_scaling.py", "--threads", "1", "--sizes", "16", "--repeats", "1",
         "--warmup", "1", "--step-repeats", "1", "--search-config",
-        str(REPO / "experiments" / "quickstart.yaml"), "--out", str(tmp_path))
+        str(REPO / "experiments" / "quickstart.yaml"), "--step-samplers", "auto", "sparse",
+        "--out", str(tmp_path))
     ops = rows(tmp_path / "attention_scaling.csv")
-    assert {r["op"] for r in ops} == {"acla", "acla_grid_sample", "rela", "lcoa", "nla"}
+    assert {r["op"] for r in ops} == {"acla", "acla_sparse", "acla_grid_sample", "rela", "lcoa",
+                                          "nla"}
     assert all(float(r["fwd_bwd_ms"]) > 0 and float(r["gflops_per_s"]) > 0 for r in ops)
     assert all(float(r["ratio_time_vs_nla"]) == 1.0 for r in ops if r["op"] == "nla")
     steps = rows(tmp_path / "search_step.csv")
-    assert [r["arch"] for r in steps] == ["skip", "acla_everywhere_k4", "acla_everywhere_k9"]
+    assert [r["arch"] for r in steps] == ["skip", "acla_everywhere_k4", "acla_everywhere_k9",
+                                          "acla_everywhere_k4_sparse", "acla_everywhere_k9_sparse"]
+    assert [r["acla_sampler"] for r in steps[3:]] == ["sparse", "sparse"]
+    assert steps[1]["acla_sampler"] in ("fused", "sparse")  # fused where a C++ compiler is
+    assert [r["note"] for r in ops if r["op"] == "acla_sparse"] == ["sampler sparse"]
     assert float(steps[0]["ratio_vs_skip"]) == 1.0
     gflops = [float(r["gflops_720p"]) for r in steps]
     assert gflops[0] < gflops[1] < gflops[2]  # more keys, more FLOPs
+    assert gflops[1:3] == gflops[3:]  # the path does not change the counted FLOPs
 
 
 def test_acla_keys(tmp_path):

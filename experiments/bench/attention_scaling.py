@@ -1,10 +1,12 @@
 """Forward+backward time, peak memory and GFLOP/s of the attention operators versus map size,
 and the time of one supernet search step with ACLA at every insertion point.
 
-Table 1 runs every registered operator (ACLA with 2 references x ``--keys`` keys, RELA, LCoA,
-full non-local NLA) plus ``acla_grid_sample`` (the same ACLA module on its previous
-``F.grid_sample`` + ``bmm`` path, ``ACLA.sampler = "grid_sample"``) on one ``C x s x s``
-feature map (batch 1, 64 channels by default) for s in 32, 48, 64, 96, 128, 192, 256, in
+Table 1 runs every registered operator (ACLA with 2 references x ``--keys`` keys on its default
+path - the fused C++ kernel on the CPU, :mod:`search_spaces.operators.acla_fused`, the path named
+in the ``note`` column - RELA, LCoA, full non-local NLA) plus the same ACLA module on its two
+other paths: ``acla_sparse`` (sparse-matrix products, ``ACLA.sampler = "sparse"``, the default
+before the fused kernel) and ``acla_grid_sample`` (``F.grid_sample`` + ``bmm``, the first
+implementation), on one ``C x s x s`` feature map (batch 1, 64 channels by default) for s in 32, 48, 64, 96, 128, 192, 256, in
 training mode, and writes
 
 * ``results/bench/attention_scaling.csv`` with columns ``op, size, hw, device, keys,
@@ -18,14 +20,16 @@ Table 2 (:func:`search_step_rows`, skipped with ``--no-search-step``) times one 
 supernet search on each ``--search-config`` space (default: ``experiments/search/sr_x2_small.yaml``,
 edsr-small, SR x2, batch 8, HR patch 48, ops [skip, acla] at all 8 points, max_refs 2, keys
 [0, 2, 4, 9] - the space of the quickstart before 0.2 - and ``experiments/quickstart.yaml``,
-edsr-tiny, SR x4, batch 8, HR patch 96, ACLA at b01-b03 reading 1 layer, keys [0, 4, 9]): one
+edsr-tiny, colour denoising, batch 8, patch 32, ACLA at b01-b03 reading 1 layer, keys [0, 4, 9],
+dilation 4): one
 weight step on a batch, then one alpha step on another batch, as the search does (L1 loss;
 alpha step: L1 + linear FLOPs penalty on E[F]; Adam for both), with the architecture pinned:
 every point ``skip`` (the plain backbone) versus ACLA at every point reading ``k`` keys from every
-reference, for each ``k > 0`` of the space. It writes ``results/bench/search_step.csv`` with
-columns ``config, arch, keys_per_ref, device, step_ms, ratio_vs_skip, peak_mem_mb, gflops_720p`` (the
-last: FLOPs of the pinned network per image at the cost model's reference size, a 1280x720
-output, from ``Supernet.cost.exact``).
+reference, for each ``k > 0`` of the space, once per ACLA path of ``--step-samplers`` (default
+``auto``; rows of another path are named ``acla_everywhere_k<k>_<path>``). It writes
+``results/bench/search_step.csv`` with columns ``config, arch, acla_sampler, keys_per_ref, device,
+step_ms, ratio_vs_skip, peak_mem_mb, gflops_720p`` (the last: FLOPs of the pinned network per
+image at the cost model's reference size, a 1280x720 output, from ``Supernet.cost.exact``).
 
 Method:
 
@@ -78,7 +82,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +97,8 @@ from search_spaces.operators import OPERATORS  # noqa: E402
 #: benchmark name -> (registered operator, num_refs, constructor config, ACLA sampler or None).
 #: ACLA's ``keys`` are set from ``--keys``.
 OPS: dict[str, tuple[str, int, dict, str | None]] = {
-    "acla": ("acla", 2, {"adaptive": True}, "sparse"),
+    "acla": ("acla", 2, {"adaptive": True}, "auto"),
+    "acla_sparse": ("acla", 2, {"adaptive": True}, "sparse"),
     "acla_grid_sample": ("acla", 2, {"adaptive": True}, "grid_sample"),
     "rela": ("rela", 0, {"heads": 4, "dw_kernel": 5}, None),
     "lcoa": ("lcoa", 0, {"reduction": 4, "n_clusters": 128, "window": 384}, None),
@@ -103,8 +108,8 @@ SIZES = [32, 48, 64, 96, 128, 192, 256]
 COLUMNS = ["op", "size", "hw", "device", "keys", "fwd_bwd_ms", "peak_mem_mb", "analytic_gflops",
            "gflops_per_s", "gflops_per_s_rule", "ratio_time_vs_nla", "ratio_mem_vs_nla",
            "ratio_time_vs_rela", "note"]
-STEP_COLUMNS = ["config", "arch", "keys_per_ref", "device", "step_ms", "ratio_vs_skip", "peak_mem_mb",
-                "gflops_720p"]
+STEP_COLUMNS = ["config", "arch", "acla_sampler", "keys_per_ref", "device", "step_ms", "ratio_vs_skip",
+                "peak_mem_mb", "gflops_720p"]
 #: the stated convention for achieved GFLOP/s (written into the CSV)
 GFLOPS_RULE = "3 x forward analytic FLOPs (FLOPs = 2 x MACs) / fwd_bwd_ms"
 FWD_BWD_FACTOR = 3
@@ -134,6 +139,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=[ROOT / "experiments" / "search" / "sr_x2_small.yaml",
                             ROOT / "experiments" / "quickstart.yaml"])
     p.add_argument("--step-repeats", type=int, default=9)
+    p.add_argument("--step-samplers", nargs="+", default=["auto"],
+                   choices=["auto", "fused", "sparse", "grid_sample"],
+                   help="ACLA paths timed in table 2 (rows of a path other than auto are named "
+                        "acla_everywhere_k<k>_<path>)")
     return p.parse_args(argv)
 
 
@@ -145,13 +154,23 @@ def op_config(name: str, keys: int) -> tuple[str, int, dict, str | None]:
     return op, num_refs, cfg, sampler
 
 
+def resolved_sampler(sampler: str, device: torch.device) -> str:
+    """The ACLA path ``sampler`` runs on ``device`` (``auto``: ``fused`` on the CPU when its
+    kernel builds, else ``sparse``)."""
+    from search_spaces.operators.acla_fused import fused_available
+
+    if sampler != "auto":
+        return sampler
+    return "fused" if device.type == "cpu" and fused_available() else "sparse"
+
+
 def build(name: str, channels: int, size: int, device: torch.device, keys: int = 9):
     """The module, its inputs and a fixed output gradient; returns ``(clear, step)``: ``clear``
     drops every gradient (inputs and parameters), ``step`` runs ``clear`` + forward + backward."""
     op, num_refs, cfg, sampler = op_config(name, keys)
     module = OPERATORS.get(op)(channels, num_refs, **cfg).to(device).train()
     if sampler is not None:
-        module.sampler = sampler
+        module.sampler = resolved_sampler(sampler, device)
     with torch.no_grad():  # move the projection off zero so every branch carries gradient
         module.proj.weight.normal_(0.0, 0.02)
     x = torch.randn(1, channels, size, size, device=device, requires_grad=True)
@@ -260,12 +279,13 @@ def pinned_decisions(sn: Any, arch: dict[str, Any]) -> Callable[[], dict]:
 
 
 def search_step_rows(config_path: Path, device: torch.device, repeats: int, seed: int,
-                     dev_name: str) -> list[dict]:
+                     dev_name: str, samplers: Sequence[str] = ("auto",)) -> list[dict]:
     """Table 2: median time of one search step (weight step + alpha step) per pinned
     architecture: every point skip, and ACLA at every point with ``k`` keys per reference for
-    each ``k > 0`` of the space. See the module docstring."""
+    each ``k > 0`` of the space, once per ACLA path in ``samplers``. See the module docstring."""
     from nas.config import load_config
     from nas.engine.supernet import Supernet
+    from search_spaces.operators import ACLA
     from search_spaces.space import SKIP
 
     cfg = load_config(config_path)
@@ -283,11 +303,13 @@ def search_step_rows(config_path: Path, device: torch.device, repeats: int, seed
     base = float(sn.cost.fixed)
     lam = cfg.search.penalty.lam or 1e-3
     space_keys = sorted({k for p in sn.space for k in p.keys if k > 0})
-    archs = [("skip", 0, pinned_arch(sn, SKIP, max(space_keys)))]
-    archs += [("acla", k, pinned_arch(sn, "acla", k)) for k in space_keys]
+    archs = [("skip", 0, "auto", pinned_arch(sn, SKIP, max(space_keys)))]
+    archs += [("acla", k, smp, pinned_arch(sn, "acla", k)) for smp in samplers for k in space_keys]
+    aclas = [m for m in sn.modules() if isinstance(m, ACLA)]
 
-    def make_step(arch: dict[str, Any]):
+    def make_step(arch: dict[str, Any], sampler: str):
         decisions = pinned_decisions(sn, arch)
+        path = resolved_sampler(sampler, device)
         opt_w = torch.optim.Adam(sn.weight_parameters(), lr=cfg.search.lr)
         opt_a = torch.optim.Adam(sn.arch_parameters(), lr=cfg.search.alpha_lr)
 
@@ -298,6 +320,8 @@ def search_step_rows(config_path: Path, device: torch.device, repeats: int, seed
         weights = sn.weight_parameters()
 
         def step() -> None:
+            for m in aclas:
+                m.sampler = path
             (lq, hr), (lq_v, hr_v) = batches
             sn.set_tau(1.0)
             sn.train()
@@ -319,7 +343,7 @@ def search_step_rows(config_path: Path, device: torch.device, repeats: int, seed
 
         return clear, step
 
-    steps = [make_step(arch) for _, _, arch in archs]
+    steps = [make_step(arch, smp) for _, _, smp, arch in archs]
     times: list[list[float]] = [[] for _ in archs]
     for r in range(repeats + 2):  # interleaved rounds, the first two untimed
         for i, (_, step) in enumerate(steps):
@@ -330,10 +354,12 @@ def search_step_rows(config_path: Path, device: torch.device, repeats: int, seed
                 times[i].append(time.perf_counter() - t0)
     rows = []
     t_skip = statistics.median(times[0])
-    for (name, k, arch), (clear, step), ts in zip(archs, steps, times):
+    for (name, k, smp, arch), (clear, step), ts in zip(archs, steps, times):
         t = statistics.median(ts)
+        label = "skip" if name == "skip" else f"acla_everywhere_k{k}"
         rows.append({"config": config_path.name,
-                     "arch": name if name == "skip" else f"acla_everywhere_k{k}",
+                     "arch": label if smp == "auto" else f"{label}_{smp}",
+                     "acla_sampler": "" if name == "skip" else resolved_sampler(smp, device),
                      "keys_per_ref": k, "device": dev_name, "step_ms": round(1e3 * t, 2),
                      "ratio_vs_skip": round(t / t_skip, 4),
                      "peak_mem_mb": round(peak_memory_mb(step, clear, device), 2),
@@ -370,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
             reason = nla_skip_reason(size, args.mem_cap_gib) if op == "nla" else None
             if reason:
                 row["note"] = reason
-            else:
+            elif op == "acla":
+                row["note"] = f"sampler {resolved_sampler(OPS[name][3], device)}"
+            if not reason:
                 built[name] = build(name, args.channels, size, device, args.keys)
             size_rows.append(row)
         times = interleaved_ms({n: st for n, (_, st) in built.items()}, device, args.warmup,
@@ -421,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.search_step:
         t0 = time.perf_counter()
         step_rows = [r for c in args.search_config
-                     for r in search_step_rows(c, device, args.step_repeats, args.seed, dev_name)]
+                     for r in search_step_rows(c, device, args.step_repeats, args.seed, dev_name,
+                                               args.step_samplers)]
         step_path = args.out / "search_step.csv"
         write_csv(step_path, STEP_COLUMNS, step_rows)
         print(f"\nwrote {step_path} ({time.perf_counter() - t0:.0f} s)")

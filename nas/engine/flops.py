@@ -11,7 +11,8 @@ Counting rule used everywhere in acla-nas (analytic tables and measurements alik
   FLOPs (the weighted sum of the four neighbours). Coordinate arithmetic is not counted.
 * ACLA's sparse sampling op ``acla_nas::bilinear_gather`` (:mod:`search_spaces.operators.acla_sampling`):
   the ``grid_sample`` + ``bmm`` it replaces, ``2 * (4 + 1) * B * H * W * S * C`` FLOPs for all
-  ``S`` slots (whether or not a slot is kept: counts do not depend on data).
+  ``S`` slots (whether or not a slot is kept: counts do not depend on data). Its fused CPU
+  kernel ``acla_nas::deform_gather`` (:mod:`search_spaces.operators.acla_fused`) counts the same.
 * ``softmax`` / ``log_softmax``: 3 FLOPs per element (exp, accumulate, divide).
 * Scaled-dot-product attention on the CPU kernel: its two matmuls, ``4 * B * heads * L * S * E``
   (the same rule PyTorch applies to its CUDA flash/efficient kernels), so CPU and CUDA agree.
@@ -51,6 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nas.restoration.task import Task
 from search_spaces.operators import OPERATORS
+from search_spaces.operators.acla_fused import deform_gather_flop
 from search_spaces.operators.acla_sampling import bilinear_gather_flop
 from search_spaces.space import SKIP, SearchSpace
 
@@ -84,6 +86,7 @@ EXTRA_FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
     aten._safe_softmax: _softmax_flop,
     aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop,
     torch.ops.acla_nas.bilinear_gather: bilinear_gather_flop,
+    torch.ops.acla_nas.deform_gather: deform_gather_flop,
 }
 
 

@@ -29,11 +29,14 @@ per-slot conv (rows ``2s, 2s+1`` of ``conv_offset``, row ``s`` of ``conv_logit``
 ``l`` (0 skips the reference), and :meth:`ACLA.sliced` / :meth:`ACLA.sliced_state_dict` build the
 equivalent stand-alone module.
 
-Implementation: the sampling and the weighted sum run as one sparse gather-and-reduce over the
-kept (query, slot) pairs (:mod:`search_spaces.operators.acla_sampling`); dropped keys and points
-whose bilinear footprint misses the map are not sampled. ``ACLA.sampler = "grid_sample"`` (class
-or instance attribute) selects the previous ``F.grid_sample`` + ``bmm`` path, which samples every
-slot; both compute the same function and count the same FLOPs.
+Implementation: the sampling and the weighted sum run as one operator over the kept (query,
+slot) pairs - on the CPU a fused C++ kernel compiled on first use
+(:mod:`search_spaces.operators.acla_fused`), elsewhere (CUDA, or no C++ compiler) a sparse
+gather-and-reduce (:mod:`search_spaces.operators.acla_sampling`); dropped keys and points whose
+bilinear footprint misses the map are not sampled. ``ACLA.sampler`` (class or instance attribute:
+``"auto"``, ``"fused"``, ``"sparse"``, ``"grid_sample"``) picks a path; ``"grid_sample"`` is the
+first ``F.grid_sample`` + ``bmm`` implementation, which samples every slot. All compute the same
+function and count the same FLOPs.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search_spaces.operators.acla_fused import deform_gather, fused_available
 from search_spaces.operators.acla_sampling import bilinear_gather, bordered, corner_plan
 from search_spaces.operators.base import (
     OPERATORS,
@@ -55,6 +59,8 @@ from search_spaces.operators.base import (
     require_int,
 )
 
+#: values of :attr:`ACLA.sampler`.
+SAMPLERS = ("auto", "fused", "sparse", "grid_sample")
 #: default number of key slots per reference layer (hard-coded ``key_num`` of the public code).
 DEFAULT_KEYS = 9
 #: initial bias of the keep/drop logits: ``sigmoid(2) ≈ 0.88`` of the slots are kept at first.
@@ -203,9 +209,11 @@ class ACLA(AttentionOp):
     """
 
     uses_refs = True
-    #: sampling implementation: ``"sparse"`` (default) or ``"grid_sample"`` (the previous path,
-    #: kept for comparisons, e.g. on CUDA); settable on the class or on an instance.
-    sampler = "sparse"
+    #: sampling implementation, settable on the class or on an instance: ``"auto"`` (default:
+    #: ``"fused"`` on the CPU when its kernel builds, else ``"sparse"``), ``"fused"`` (the C++
+    #: CPU kernel of :mod:`search_spaces.operators.acla_fused`), ``"sparse"`` (sparse-matrix
+    #: products, CPU and CUDA) or ``"grid_sample"`` (the first path, kept for comparisons).
+    sampler = "auto"
 
     def __init__(
         self,
@@ -407,17 +415,29 @@ class ACLA(AttentionOp):
                    dy: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None,
                    probe: bool) -> torch.Tensor:
         """``Σ_{l,k} a_lk · Bilinear(Conv_refer(F_l), p + Δ_lk)`` as ``(B, C, H, W)`` (a view of a
-        channels-last result), by :func:`bilinear_gather`: the value projection as a matmul on
-        the channels-last view of each used reference, the maps stacked with a zero border, then one
-        sparse gather-and-reduce over the kept (query, slot) pairs whose footprint overlaps the
-        map (``probe``: weight gradient of dropped pairs, for the straight-through estimator)."""
-        if self.sampler == "grid_sample":
+        channels-last result): the value projection as a matmul on the channels-last view of
+        each used reference, then one gather-and-reduce over the kept (query, slot) pairs whose
+        footprint overlaps the map - :func:`deform_gather` (the fused CPU kernel) or
+        :func:`bilinear_gather` on zero-bordered maps (the sparse path), per :attr:`sampler`
+        (``probe``: weight gradient of dropped pairs, for the straight-through estimator).
+
+        Raises:
+            ValueError: an unknown :attr:`sampler`.
+            RuntimeError: ``sampler = "fused"`` off the CPU or without the kernel built."""
+        mode = self.sampler
+        if mode not in SAMPLERS:
+            raise ValueError(f"ACLA.sampler must be one of {', '.join(SAMPLERS)}, got {mode!r}")
+        if mode == "auto":
+            mode = "fused" if dx.device.type == "cpu" and fused_available() else "sparse"
+        if mode == "grid_sample":
             return self._aggregate_grid_sample(refs, active, dx, dy, weights)
-        if self.sampler != "sparse":
-            raise ValueError(f"ACLA.sampler must be 'sparse' or 'grid_sample', got {self.sampler!r}")
         used = [(r, k) for r, k in zip(refs, active) if k > 0]
         wgt = self.conv_refer.weight.flatten(1)
         vals = [F.linear(r.permute(0, 2, 3, 1), wgt, self.conv_refer.bias) for r, _ in used]
+        if mode == "fused":
+            values = vals[0].unsqueeze(0) if len(vals) == 1 else torch.stack(vals)
+            out = deform_gather(values, dx, dy, weights, keep, [k for _, k in used], probe)
+            return out.permute(0, 3, 1, 2)
         values = bordered(vals, compute_dtype(vals[0].dtype))
 
         def slot_last(t: torch.Tensor) -> torch.Tensor:  # (B, S, H, W) -> (B, H, W, S) copy

@@ -1,5 +1,7 @@
-"""Tests of ACLA's sparse sampling path (search_spaces.operators.acla_sampling) against the naive
-reference, the previous grid_sample path, gradcheck, the FLOP counter and the entry counters."""
+"""Tests of ACLA's sampling paths - the sparse one (search_spaces.operators.acla_sampling) and the
+fused CPU kernel (search_spaces.operators.acla_fused) - against the naive reference, the
+grid_sample path, gradcheck, the FLOP counter and the entry counters. Every module-level test runs
+once per path (the ``sampler`` fixture sets ``ACLA.sampler``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nas.engine.flops import EXTRA_FLOP_FORMULAS, measure_flops
 from search_spaces.operators import ACLA
+from search_spaces.operators.acla_fused import fused_available
 from search_spaces.operators.acla_sampling import (
     bilinear_gather,
     bilinear_gather_flop,
@@ -21,6 +24,15 @@ from search_spaces.operators.acla_sampling import (
 from tests.reference_ops import acla_ref
 
 C, H, W, B = 6, 5, 4, 2
+
+
+@pytest.fixture(autouse=True, params=["sparse", "fused"])
+def sampler(request, monkeypatch):
+    """The default sampling path of every ACLA built in a test (``ACLA.sampler``)."""
+    if request.param == "fused" and not fused_available():
+        pytest.skip("the fused CPU kernel could not be built here (no C++ compiler?)")
+    monkeypatch.setattr(ACLA, "sampler", request.param)
+    return request.param
 
 
 def make(keys=(3, 2), adaptive=True, seed=0, scale=0.5, offset_scale=None, dtype=torch.float64):
@@ -121,15 +133,15 @@ def test_non_finite_offsets_read_zero():
 # ------------------------------------------------------------------------------ vs grid_sample
 @pytest.mark.parametrize("mode, adaptive", [("train", True), ("eval", True), ("fixed", True),
                                             ("train", False), ("eval", False)])
-def test_forward_and_gradients_equal_grid_sample_path(mode, adaptive):
+def test_forward_and_gradients_equal_grid_sample_path(mode, adaptive, sampler):
     """Same values and the same gradient for x, refs and every parameter - the straight-through
     gradient of the keep/drop logits (which needs the samples of dropped keys) included."""
     m = make(adaptive=adaptive, offset_scale=2.0)
     m.train(mode == "train")
     key_mask = random_mask(5) if mode == "fixed" else None
     results = []
-    for sampler in ("sparse", "grid_sample"):
-        m.sampler = sampler
+    for path in (sampler, "grid_sample"):
+        m.sampler = path
         m.zero_grad(set_to_none=True)
         x, refs = inputs(2, grad=True)
         torch.manual_seed(11)
@@ -137,7 +149,7 @@ def test_forward_and_gradients_equal_grid_sample_path(mode, adaptive):
         out.pow(2).sum().backward()
         grads = {n: p.grad for n, p in m.named_parameters()}
         results.append((out.detach(), x.grad, [r.grad for r in refs], grads))
-    m.sampler = "sparse"
+    m.sampler = sampler
     (y1, gx1, gr1, gp1), (y0, gx0, gr0, gp0) = results
     torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gx1, gx0, rtol=1e-9, atol=1e-9)
@@ -225,7 +237,7 @@ def test_gradcheck_module(adaptive, use_mask, training):
 
 # ------------------------------------------------------------------------------ dtypes
 @pytest.mark.parametrize("adaptive", [True, False])
-def test_bfloat16_autocast(adaptive):
+def test_bfloat16_autocast(adaptive, sampler):
     """Under CPU bf16 autocast the sparse path equals the grid_sample path (both sample in
     float32 from the same bf16 projections) and, without the discrete keep mask, stays close to
     the float32 result."""
@@ -233,10 +245,10 @@ def test_bfloat16_autocast(adaptive):
     x, refs = inputs(2, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = []
-        for sampler in ("sparse", "grid_sample"):
-            m.sampler = sampler
+        for path in (sampler, "grid_sample"):
+            m.sampler = path
             out.append(m(x, refs))
-    m.sampler = "sparse"
+    m.sampler = sampler
     assert out[0].dtype == out[1].dtype and torch.isfinite(out[0]).all()
     torch.testing.assert_close(out[0], out[1], rtol=2e-2, atol=2e-2)
     if not adaptive:  # the attention branch itself (y - x), not swamped by the identity
@@ -273,14 +285,14 @@ def test_meta_flops_equal_formula(cfg, active):
     assert measure_flops(m, x, refs, **kw) == ACLA.flops(8, 7, 9, flop_cfg)
 
 
-def test_both_samplers_count_the_same_flops():
+def test_both_samplers_count_the_same_flops(sampler):
     m = make(keys=(3, 2)).float().eval()
     x, refs = inputs(2, dtype=torch.float32)
     counts = []
-    for sampler in ("sparse", "grid_sample"):
-        m.sampler = sampler
+    for path in (sampler, "grid_sample"):
+        m.sampler = path
         counts.append(measure_flops(m, x, refs))
-    m.sampler = "sparse"
+    m.sampler = sampler
     assert counts[0] == counts[1] == B * ACLA.flops(C, H, W, {"keys": [3, 2]})
 
 
@@ -296,8 +308,9 @@ def test_operator_flop_formula_is_registered():
 
 
 # ------------------------------------------------------------------------------ masked keys
-def sampled_pairs(m, x, refs, **kw):
-    """Pairs the sparse path samples: kept and inside the map (recomputed independently)."""
+def sampled_pairs(m, x, refs, ignore_keep=False, **kw):
+    """Pairs a path samples: kept (unless ``ignore_keep``) and inside the map (recomputed
+    independently)."""
     active = m.check_active_keys(kw.get("active_keys"))
     dx, dy, _, mask_logits = m._query(x, m._slot_ranges(active))
     keep = kw.get("key_mask")
@@ -306,7 +319,7 @@ def sampled_pairs(m, x, refs, **kw):
         keep |= mask_logits == mask_logits.amax(dim=1, keepdim=True)
     used = [k for k in active if k > 0]
     _, _, _, inside = corner_plan(dx.permute(0, 2, 3, 1), dy.permute(0, 2, 3, 1), used)
-    if keep is not None:
+    if keep is not None and not ignore_keep:
         inside = inside & keep.permute(0, 2, 3, 1)
     return int(inside.sum())
 
@@ -326,14 +339,18 @@ def test_masked_keys_are_not_sampled(kw):
     assert stats == {"forward": 4 * expected, "probe": 0}
 
 
-def test_dropped_keys_only_probed_for_the_straight_through_gradient():
-    m = make(keys=(3, 2)).eval()
+def test_dropped_keys_only_probed_for_the_straight_through_gradient(sampler):
+    """Dropped pairs are probed in the backward: all of them on the sparse path, those whose
+    footprint is on the map on the fused one (the others read 0 and have zero gradient)."""
+    m = make(keys=(3, 2), offset_scale=2.0).eval()
     x, refs = inputs(2)
     kept = sampled_pairs(m, x, refs)
+    candidates = B * H * W * 5 if sampler == "sparse" else sampled_pairs(m, x, refs, True)
+    assert candidates < B * H * W * 5 or sampler == "sparse"
     plan_stats(reset=True)
     m(x, refs).sum().backward()  # learned mask with a gradient: dropped pairs are probed
     stats = plan_stats(reset=True)
-    assert stats["forward"] == 4 * kept and 0 < stats["probe"] == 4 * (B * H * W * 5 - kept)
+    assert stats["forward"] == 4 * kept and 0 < stats["probe"] == 4 * (candidates - kept)
     m(x, refs, key_mask=random_mask(5)).sum().backward()  # fixed mask: nothing to probe
     assert plan_stats(reset=True)["probe"] == 0
 
@@ -368,7 +385,7 @@ def test_operator_shape_errors():
         corner_plan(z, z[..., :1], [2])
 
 
-def test_grid_sample_path_is_f_grid_sample():
+def test_grid_sample_path_is_f_grid_sample(sampler):
     """The kept comparison path still calls F.grid_sample (and the sparse one does not)."""
     m = make()
     x, refs = inputs(2)
@@ -384,7 +401,7 @@ def test_grid_sample_path_is_f_grid_sample():
         m.sampler = "grid_sample"
         m(x, refs)
         n_gs = len(calls)
-        m.sampler = "sparse"
+        m.sampler = sampler
         m(x, refs)
     finally:
         F.grid_sample = orig
