@@ -60,7 +60,11 @@ def test_acla_keys(tmp_path):
     run("acla_keys.py", "--size", "16", "--channels", "8", "--keys", "2", "9", "--keep", "1",
         "0.5", "--repeats", "1", "--warmup", "1", "--out", str(tmp_path))
     table = rows(tmp_path / "acla_keys.csv")
-    assert len(table) == 2 * 2 * 3  # samplers x modes x (2 key counts + 1 keep fraction)
+    from search_spaces.operators.acla_fused import fused_available
+
+    samplers = {"sparse", "grid_sample"} | ({"fused"} if fused_available() else set())
+    assert {r["sampler"] for r in table} == samplers
+    assert len(table) == len(samplers) * 2 * 3  # samplers x modes x (2 key counts + 1 keep)
     for r in table:
         if r["family"] == "keys" and r["keys_per_ref"] == "9":
             assert float(r["time_ratio"]) == 1.0 and float(r["sampled_flops_ratio"]) == 1.0

@@ -13,9 +13,10 @@ forward time) - and two families of settings:
   training each (query, slot) pair is kept with probability ``f`` (logistic noise, plus the
   always-kept best slot of each query), for f in ``--keep``.
 
-Each setting runs on the sparse gather-and-reduce path (``sampler = sparse``, the default, which
-samples only the kept pairs) and on the previous ``F.grid_sample`` path (``grid_sample``, which
-samples every active slot). The result goes to ``results/bench/acla_keys.csv`` with columns
+Each setting runs on the fused C++ kernel (``sampler = fused``, the default on the CPU; skipped
+when it cannot be built) and the sparse gather-and-reduce path (``sparse``), which both sample
+only the kept pairs, and on the first ``F.grid_sample`` path (``grid_sample``, which samples
+every active slot). The result goes to ``results/bench/acla_keys.csv`` with columns
 ``sampler, family, keys_per_ref, keep_target, keep_measured, device, fwd_bwd_ms,
 analytic_gflops, sampled_gflops, time_ratio, sampled_flops_ratio``:
 
@@ -23,10 +24,11 @@ analytic_gflops, sampled_gflops, time_ratio, sampled_flops_ratio``:
   slot charged: the cost model's convention, unchanged by the kernel);
 * ``sampled_gflops``: the same formula with the sampling and weighted-sum terms charged for the
   *sampled* slots only, ``keep_measured x S`` (the query projections and the softmax run for
-  every active slot): the work the sparse path actually does in its forward;
+  every active slot): the work the fused and sparse paths actually do in their forward;
 * ``time_ratio`` / ``sampled_flops_ratio``: both relative to the same sampler's ``keys``
   setting with 9 keys (all kept). "Time follows the sampled keys" means the two ratios move
-  together on the sparse path; on the grid_sample path the time stays flat in ``keep``.
+  together on the fused and sparse paths; on the grid_sample path the time stays flat in
+  ``keep``.
 
 The straight-through gradient of the keep/drop logits needs ``dL/dweight`` of the dropped pairs
 too, so the training backward computes one dot product per dropped pair (no sampling, no
@@ -132,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     settings += [("keep", MAX_KEYS, f) for f in args.keep if f < 1.0]
     rows, steps = [], {}
     acla_flops = OPERATORS.get("acla").flops
-    for sampler in ("sparse", "grid_sample"):
+    from search_spaces.operators.acla_fused import fused_available
+
+    samplers = (["fused"] if fused_available() else []) + ["sparse", "grid_sample"]
+    for sampler in samplers:
         for mode in ("train", "infer"):
             for family, k, f in settings:
                 bias = ALL_KEPT_BIAS if f >= 1.0 else math.log(f / (1.0 - f))

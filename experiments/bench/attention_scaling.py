@@ -6,8 +6,8 @@ path - the fused C++ kernel on the CPU, :mod:`search_spaces.operators.acla_fused
 in the ``note`` column - RELA, LCoA, full non-local NLA) plus the same ACLA module on its two
 other paths: ``acla_sparse`` (sparse-matrix products, ``ACLA.sampler = "sparse"``, the default
 before the fused kernel) and ``acla_grid_sample`` (``F.grid_sample`` + ``bmm``, the first
-implementation), on one ``C x s x s`` feature map (batch 1, 64 channels by default) for s in 32, 48, 64, 96, 128, 192, 256, in
-training mode, and writes
+implementation), on one ``C x s x s`` feature map (batch 1, 64 channels by default) for s in
+32, 48, 64, 96, 128, 192, 256, in training mode, and writes
 
 * ``results/bench/attention_scaling.csv`` with columns ``op, size, hw, device, keys,
   fwd_bwd_ms, peak_mem_mb, analytic_gflops, gflops_per_s, gflops_per_s_rule,

@@ -71,18 +71,21 @@ def _build() -> str | None:
     """Compile and load the kernel; ``None`` on success, else why not (one line)."""
     from torch.utils.cpp_extension import load
 
-    src = SOURCE.read_bytes()
+    try:
+        src = SOURCE.read_bytes()
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
     reason = None
     for flags in _FLAGS:
         key = hashlib.sha256(src + torch.__version__.encode() + " ".join(flags).encode()
                              + _cpu_identity().encode()).hexdigest()[:12]
         name = f"acla_nas_cpu_{key}"
         where = _build_dir(name)
-        where.mkdir(parents=True, exist_ok=True)
-        if not (where / f"{name}.so").exists():
-            print(f"acla-nas: building ACLA's CPU kernel in {where} (once, about 15 s)",
-                  file=sys.stderr, flush=True)
         try:
+            where.mkdir(parents=True, exist_ok=True)
+            if not (where / f"{name}.so").exists():
+                print(f"acla-nas: building ACLA's CPU kernel in {where} (once, about 15 s)",
+                      file=sys.stderr, flush=True)
             ld = ["-fopenmp"] if "-fopenmp" in flags else []
             load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=ld,
                  build_directory=str(where), is_python_module=False, verbose=False)
