@@ -56,6 +56,19 @@ def test_attention_scaling_and_search_step(tmp_path):
     assert gflops[1:3] == gflops[3:]  # the path does not change the counted FLOPs
 
 
+def test_acla_breakdown(tmp_path):
+    run("acla_breakdown.py", "--batch", "2", "--size", "8", "--channels", "8", "--keys", "4",
+        "--repeats", "1", "--warmup", "1", "--out", str(tmp_path))
+    table = rows(tmp_path / "acla_breakdown.csv")
+    pieces = {(r["piece"], r["sampler"]) for r in table}
+    paths = {r["sampler"] for r in table if r["piece"] == "gather"}
+    assert "sparse" in paths and len(paths) == len({"sparse", table[0]["sampler"]})
+    assert pieces == {(p, s) for p in ("module_train", "module_eval", "gather") for s in paths} | {
+        (p, "") for p in ("query_conv", "masked_softmax_st", "keep_mask", "projections")}
+    assert float(table[0]["share_of_module"]) == 1.0 and table[0]["piece"] == "module_train"
+    assert all(float(r["ms"]) > 0 for r in table)
+
+
 def test_acla_keys(tmp_path):
     run("acla_keys.py", "--size", "16", "--channels", "8", "--keys", "2", "9", "--keep", "1",
         "0.5", "--repeats", "1", "--warmup", "1", "--out", str(tmp_path))
@@ -123,7 +136,7 @@ def test_every_script_is_covered():
     """A new benchmark script gets a smoke run or a --help check above
     (``search_quality_methods.py`` is a module of ``search_quality.py``, not a script)."""
     covered = {"attention_scaling.py", "acla_keys.py", "supernet_overhead.py", "planted.py",
-               "acla_compile.py",
+               "acla_compile.py", "acla_breakdown.py",
                "data_memory.py",
                "scaling.py", "quickstart_time.py", "search_quality.py", "search_quality_methods.py",
                "score_fidelity.py"}

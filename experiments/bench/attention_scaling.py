@@ -92,7 +92,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from nas.timing import interleaved_ms, peak_memory_mb, sync, write_csv  # noqa: E402
-from search_spaces.operators import OPERATORS  # noqa: E402
+from search_spaces.operators import ACLA, OPERATORS  # noqa: E402
 
 #: benchmark name -> (registered operator, num_refs, constructor config, ACLA sampler or None).
 #: ACLA's ``keys`` are set from ``--keys``.
@@ -154,23 +154,13 @@ def op_config(name: str, keys: int) -> tuple[str, int, dict, str | None]:
     return op, num_refs, cfg, sampler
 
 
-def resolved_sampler(sampler: str, device: torch.device) -> str:
-    """The ACLA path ``sampler`` runs on ``device`` (``auto``: ``fused`` on the CPU when its
-    kernel builds, else ``sparse``)."""
-    from search_spaces.operators.acla_fused import fused_available
-
-    if sampler != "auto":
-        return sampler
-    return "fused" if device.type == "cpu" and fused_available() else "sparse"
-
-
 def build(name: str, channels: int, size: int, device: torch.device, keys: int = 9):
     """The module, its inputs and a fixed output gradient; returns ``(clear, step)``: ``clear``
     drops every gradient (inputs and parameters), ``step`` runs ``clear`` + forward + backward."""
     op, num_refs, cfg, sampler = op_config(name, keys)
     module = OPERATORS.get(op)(channels, num_refs, **cfg).to(device).train()
     if sampler is not None:
-        module.sampler = resolved_sampler(sampler, device)
+        module.sampler = ACLA.resolve_sampler(sampler, device)
     with torch.no_grad():  # move the projection off zero so every branch carries gradient
         module.proj.weight.normal_(0.0, 0.02)
     x = torch.randn(1, channels, size, size, device=device, requires_grad=True)
@@ -285,7 +275,6 @@ def search_step_rows(config_path: Path, device: torch.device, repeats: int, seed
     each ``k > 0`` of the space, once per ACLA path in ``samplers``. See the module docstring."""
     from nas.config import load_config
     from nas.engine.supernet import Supernet
-    from search_spaces.operators import ACLA
     from search_spaces.space import SKIP
 
     cfg = load_config(config_path)
@@ -309,7 +298,7 @@ def search_step_rows(config_path: Path, device: torch.device, repeats: int, seed
 
     def make_step(arch: dict[str, Any], sampler: str):
         decisions = pinned_decisions(sn, arch)
-        path = resolved_sampler(sampler, device)
+        path = ACLA.resolve_sampler(sampler, device)
         opt_w = torch.optim.Adam(sn.weight_parameters(), lr=cfg.search.lr)
         opt_a = torch.optim.Adam(sn.arch_parameters(), lr=cfg.search.alpha_lr)
 
@@ -359,7 +348,7 @@ def search_step_rows(config_path: Path, device: torch.device, repeats: int, seed
         label = "skip" if name == "skip" else f"acla_everywhere_k{k}"
         rows.append({"config": config_path.name,
                      "arch": label if smp == "auto" else f"{label}_{smp}",
-                     "acla_sampler": "" if name == "skip" else resolved_sampler(smp, device),
+                     "acla_sampler": "" if name == "skip" else ACLA.resolve_sampler(smp, device),
                      "keys_per_ref": k, "device": dev_name, "step_ms": round(1e3 * t, 2),
                      "ratio_vs_skip": round(t / t_skip, 4),
                      "peak_mem_mb": round(peak_memory_mb(step, clear, device), 2),
@@ -397,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             if reason:
                 row["note"] = reason
             elif op == "acla":
-                row["note"] = f"sampler {resolved_sampler(OPS[name][3], device)}"
+                row["note"] = f"sampler {ACLA.resolve_sampler(OPS[name][3], device)}"
             if not reason:
                 built[name] = build(name, args.channels, size, device, args.keys)
             size_rows.append(row)

@@ -411,6 +411,21 @@ class ACLA(AttentionOp):
             keep |= score == score.amax(dim=1, keepdim=True)  # at least one key per query
         return keep, score
 
+    @staticmethod
+    def resolve_sampler(sampler: str, device: torch.device) -> str:
+        """The path a :attr:`sampler` value runs on ``device``: ``auto`` is ``fused`` on the CPU
+        when the kernel builds (:func:`~search_spaces.operators.acla_fused.fused_available`), else
+        ``sparse``; other values are returned as they are.
+
+        Raises:
+            ValueError: an unknown value (the message lists :data:`SAMPLERS`).
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"ACLA.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if sampler == "auto":
+            return "fused" if device.type == "cpu" and fused_available() else "sparse"
+        return sampler
+
     def _aggregate(self, refs: Sequence[torch.Tensor], active: Sequence[int], dx: torch.Tensor,
                    dy: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None,
                    probe: bool) -> torch.Tensor:
@@ -424,11 +439,7 @@ class ACLA(AttentionOp):
         Raises:
             ValueError: an unknown :attr:`sampler`.
             RuntimeError: ``sampler = "fused"`` off the CPU or without the kernel built."""
-        mode = self.sampler
-        if mode not in SAMPLERS:
-            raise ValueError(f"ACLA.sampler must be one of {', '.join(SAMPLERS)}, got {mode!r}")
-        if mode == "auto":
-            mode = "fused" if dx.device.type == "cpu" and fused_available() else "sparse"
+        mode = self.resolve_sampler(self.sampler, dx.device)
         if mode == "grid_sample":
             return self._aggregate_grid_sample(refs, active, dx, dy, weights)
         used = [(r, k) for r, k in zip(refs, active) if k > 0]
