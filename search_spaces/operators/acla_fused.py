@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from search_spaces.operators.acla_sampling import _STATS
+from search_spaces.operators.acla_sampling import count_entries
 
 __all__ = ["deform_gather", "deform_gather_flop", "fused_available", "SOURCE"]
 
@@ -167,7 +167,7 @@ def _deform_gather(values: Tensor, dx: Tensor, dy: Tensor, weights: Tensor, keep
         out, sampled = torch.ops.acla_nas_cpu.deform_gather_forward(
             values.to(dt).contiguous(), _slots(dx, dt), _slots(dy, dt), _slots(weights, dt),
             _keep(keep), list(keys))
-    _STATS["forward"] += 4 * sampled
+    count_entries(forward=4 * sampled)
     return out
 
 
@@ -194,7 +194,7 @@ def _backward(ctx, grad: Tensor):
             grad.to(dt).contiguous(), values.to(dt).contiguous(), _slots(dx, dt), _slots(dy, dt),
             _slots(weights, dt), _keep(keep), ctx.keys, ctx.probe, need_v, need_x, need_y,
             need_w)
-    _STATS["probe"] += 4 * probed
+    count_entries(probe=4 * probed)
     out = []
     for need, g, t in ((need_v, g_v, values), (need_x, g_x, dx), (need_y, g_y, dy),
                        (need_w, g_w, weights)):

@@ -37,7 +37,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["bordered", "corner_plan", "bilinear_gather", "bilinear_gather_flop", "plan_stats"]
+__all__ = ["bordered", "corner_plan", "bilinear_gather", "bilinear_gather_flop", "plan_stats",
+           "count_entries"]
 
 #: MACs per sampled value and slot charged by :func:`bilinear_gather_flop`: 4 for the bilinear
 #: interpolation (as for ``grid_sample``), 1 for the weighted sum over slots (as for ``bmm``).
@@ -46,7 +47,8 @@ SUM_MACS_PER_VALUE = 1
 
 #: entries gathered since the last :func:`plan_stats` reset (a test/debug hook):
 #: ``forward`` = non-zeros of ``A`` in forward passes (4 per sampled pair), ``probe`` = dot
-#: products for dropped pairs in backward passes (4 per pair).
+#: products for dropped pairs in backward passes (4 per pair). The fused kernel counts the same
+#: (its probe: dropped pairs whose footprint is on the map).
 _STATS = {"forward": 0, "probe": 0}
 
 
@@ -58,6 +60,13 @@ def plan_stats(reset: bool = False) -> dict[str, int]:
         for k in _STATS:
             _STATS[k] = 0
     return out
+
+
+def count_entries(forward: int = 0, probe: int = 0) -> None:
+    """Add to the :func:`plan_stats` counters (for other sampling kernels that report the same
+    quantities, e.g. :mod:`search_spaces.operators.acla_fused`)."""
+    _STATS["forward"] += int(forward)
+    _STATS["probe"] += int(probe)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
