@@ -93,6 +93,7 @@ if str(ROOT) not in sys.path:
 
 from nas.timing import interleaved_ms, peak_memory_mb, sync, write_csv  # noqa: E402
 from search_spaces.operators import ACLA, OPERATORS  # noqa: E402
+from search_spaces.operators.acla import SAMPLERS  # noqa: E402
 
 #: benchmark name -> (registered operator, num_refs, constructor config, ACLA sampler or None).
 #: ACLA's ``keys`` are set from ``--keys``.
@@ -140,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             ROOT / "experiments" / "quickstart.yaml"])
     p.add_argument("--step-repeats", type=int, default=9)
     p.add_argument("--step-samplers", nargs="+", default=["auto"],
-                   choices=["auto", "fused", "sparse", "grid_sample"],
+                   choices=list(SAMPLERS),
                    help="ACLA paths timed in table 2 (rows of a path other than auto are named "
                         "acla_everywhere_k<k>_<path>)")
     return p.parse_args(argv)

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from search_spaces.operators.acla_sampling import count_entries
+from search_spaces.operators.acla_sampling import count_entries, gather_dtype, gather_flops
 
 __all__ = ["deform_gather", "deform_gather_flop", "fused_available", "SOURCE"]
 
@@ -114,13 +114,6 @@ def fused_available() -> bool:
     return bool(_STATE["ok"])
 
 
-def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    out = torch.float32
-    for dt in dtypes:
-        out = torch.promote_types(out, dt)
-    return out
-
-
 def _check(values: Tensor, dx: Tensor, dy: Tensor, weights: Tensor, keep: Tensor | None,
            keys: Sequence[int]) -> None:
     if values.dim() != 5 or weights.dim() != 4:
@@ -163,7 +156,7 @@ def _deform_gather(values: Tensor, dx: Tensor, dy: Tensor, weights: Tensor, keep
         raise RuntimeError("acla_nas::deform_gather runs on the CPU with the fused kernel built "
                            "(fused_available()); use the sparse path otherwise")
     with torch.autocast("cpu", enabled=False):
-        dt = _compute_dtype(values.dtype, dx.dtype, weights.dtype)
+        dt = gather_dtype(values, dx, weights)
         out, sampled = torch.ops.acla_nas_cpu.deform_gather_forward(
             values.to(dt).contiguous(), _slots(dx, dt), _slots(dy, dt), _slots(weights, dt),
             _keep(keep), list(keys))
@@ -176,7 +169,7 @@ def _(values, dx, dy, weights, keep, keys, probe):
     _check(values, dx, dy, weights, keep, keys)
     _, b, h, w, c = values.shape
     return values.new_empty((b, h, w, c),
-                            dtype=_compute_dtype(values.dtype, dx.dtype, weights.dtype))
+                            dtype=gather_dtype(values, dx, weights))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -189,7 +182,7 @@ def _backward(ctx, grad: Tensor):
     values, dx, dy, weights, keep = ctx.saved_tensors
     need_v, need_x, need_y, need_w = ctx.needs_input_grad[:4]
     with torch.autocast("cpu", enabled=False):
-        dt = _compute_dtype(values.dtype, dx.dtype, weights.dtype)
+        dt = gather_dtype(values, dx, weights)
         (g_v, g_x, g_y, g_w), probed = torch.ops.acla_nas_cpu.deform_gather_backward(
             grad.to(dt).contiguous(), values.to(dt).contiguous(), _slots(dx, dt), _slots(dy, dt),
             _slots(weights, dt), _keep(keep), ctx.keys, ctx.probe, need_v, need_x, need_y,
@@ -237,13 +230,8 @@ def deform_gather(values: Tensor, dx: Tensor, dy: Tensor, weights: Tensor,
 
 def deform_gather_flop(values_shape, dx_shape, dy_shape, weights_shape, *args, out_shape=None,
                        **kwargs) -> int:
-    """FLOPs (= 2 x MACs) charged for :func:`deform_gather`, for all ``S`` slots:
-    ``2·(4 + 1)·B·S·H·W·C`` - the ``grid_sample`` (4 MACs per sampled value) and the ``bmm`` (1 MAC
-    per sampled value and slot) it replaces, the same count as
-    :func:`search_spaces.operators.acla_sampling.bilinear_gather_flop`. Called by
-    ``FlopCounterMode`` with shapes."""
-    from search_spaces.operators.acla_sampling import SAMPLE_MACS_PER_VALUE, SUM_MACS_PER_VALUE
-
+    """FLOPs (= 2 x MACs) charged for :func:`deform_gather`, for all ``S`` slots: the count of
+    the sparse op, :func:`search_spaces.operators.acla_sampling.gather_flops`
+    (``2·(4 + 1)·B·S·H·W·C``). Called by ``FlopCounterMode`` with shapes."""
     b, s, h, w = weights_shape
-    c = values_shape[-1]
-    return 2 * (SAMPLE_MACS_PER_VALUE + SUM_MACS_PER_VALUE) * b * h * w * s * c
+    return gather_flops(b, h, w, s, values_shape[-1])

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["bordered", "corner_plan", "bilinear_gather", "bilinear_gather_flop", "plan_stats",
-           "count_entries"]
+           "count_entries", "gather_dtype", "gather_flops"]
 
 #: MACs per sampled value and slot charged by :func:`bilinear_gather_flop`: 4 for the bilinear
 #: interpolation (as for ``grid_sample``), 1 for the weighted sum over slots (as for ``bmm``).
@@ -67,10 +67,6 @@ def count_entries(forward: int = 0, probe: int = 0) -> None:
     quantities, e.g. :mod:`search_spaces.operators.acla_fused`)."""
     _STATS["forward"] += int(forward)
     _STATS["probe"] += int(probe)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
 
 
 # --------------------------------------------------------------------------------- bordering
@@ -142,7 +138,7 @@ def corner_plan(dx: Tensor, dy: Tensor, keys: Sequence[int], dtype: torch.dtype 
     b, h, w, s = dx.shape
     if sum(keys) != s or any(k < 1 for k in keys):
         raise ValueError(f"keys must be counts >= 1 summing to S={s}, got {list(keys)}")
-    dt = dtype or _compute_dtype(dx.dtype)
+    dt = dtype or gather_dtype(dx)
     dx, dy = dx.to(dt), dy.to(dt)
     dev = dx.device
     plane = (h + 2) * (w + 2)
@@ -259,9 +255,21 @@ def _check(values: Tensor, base: Tensor, fx: Tensor, fy: Tensor, weights: Tensor
                          f"{keep.dtype} {tuple(keep.shape)}")
 
 
-def _out_dtype(values: Tensor, fx: Tensor, weights: Tensor) -> torch.dtype:
-    return _compute_dtype(torch.promote_types(torch.promote_types(values.dtype, fx.dtype),
-                                              weights.dtype))
+def gather_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype a gather kernel (this one, or the fused one of
+    :mod:`search_spaces.operators.acla_fused`) computes and returns in: the promotion of the float
+    inputs' dtypes and float32 (bfloat16/half compute in float32, float64 stays float64)."""
+    out = torch.float32
+    for t in tensors:
+        out = torch.promote_types(out, t.dtype)
+    return out
+
+
+def gather_flops(b: int, h: int, w: int, s: int, c: int) -> int:
+    """FLOPs (= 2 x MACs) charged for gathering ``S`` slots of ``C`` channels at ``B·H·W``
+    queries, whatever the kernel: ``2·(4 + 1)·B·H·W·S·C``, the ``grid_sample`` (4 MACs per
+    sampled value) and the ``bmm`` (1 MAC per sampled value and slot) the gather replaces."""
+    return 2 * (SAMPLE_MACS_PER_VALUE + SUM_MACS_PER_VALUE) * b * h * w * s * c
 
 
 @torch.library.custom_op("acla_nas::bilinear_gather", mutates_args=())
@@ -269,7 +277,7 @@ def _bilinear_gather(values: Tensor, base: Tensor, fx: Tensor, fy: Tensor, weigh
                      keep: Tensor | None, probe: bool) -> Tensor:
     _check(values, base, fx, fy, weights, keep)
     with torch.autocast(values.device.type, enabled=False):  # the kernel picks its own dtype
-        dt = _out_dtype(values, fx, weights)
+        dt = gather_dtype(values, fx, weights)
         num_refs, b, hp, wp, c = values.shape
         vals = values.to(dt).reshape(-1, c)
         mc = vals.shape[0] - (wp + 1)  # top-left corners lie in rows [0, M - W - 3)
@@ -289,7 +297,7 @@ def _bilinear_gather(values: Tensor, base: Tensor, fx: Tensor, fy: Tensor, weigh
 def _(values, base, fx, fy, weights, keep, probe):
     _check(values, base, fx, fy, weights, keep)
     _, b, hp, wp, c = values.shape
-    return values.new_empty((b, hp - 2, wp - 2, c), dtype=_out_dtype(values, fx, weights))
+    return values.new_empty((b, hp - 2, wp - 2, c), dtype=gather_dtype(values, fx, weights))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -308,7 +316,7 @@ def _backward_impl(ctx, grad_out: Tensor):
     need_v, _, need_fx, need_fy, need_w = ctx.needs_input_grad[:5]
     num_refs, b, hp, wp, c = values.shape
     shifts = _shifts(wp - 2)
-    dt = _out_dtype(values, fx, weights)
+    dt = gather_dtype(values, fx, weights)
     g = grad_out.to(dt).reshape(-1, c).contiguous()
     vals = values.to(dt).reshape(-1, c)
     m = vals.shape[0]
@@ -404,9 +412,7 @@ def bilinear_gather(values: Tensor, base: Tensor, fx: Tensor, fy: Tensor, weight
 
 def bilinear_gather_flop(values_shape, base_shape, fx_shape, fy_shape, weights_shape, *args,
                          out_shape=None, **kwargs) -> int:
-    """FLOPs (= 2 x MACs) charged for :func:`bilinear_gather`, for all ``S`` slots:
-    ``2·(4 + 1)·B·H·W·S·C``, i.e. the ``grid_sample`` (4 MACs per sampled value) and the ``bmm``
-    (1 MAC per sampled value and slot) it replaces. Called by ``FlopCounterMode`` with shapes."""
+    """FLOPs (= 2 x MACs) charged for :func:`bilinear_gather`, for all ``S`` slots
+    (:func:`gather_flops`). Called by ``FlopCounterMode`` with shapes."""
     b, h, w, s = weights_shape
-    c = values_shape[-1]
-    return 2 * (SAMPLE_MACS_PER_VALUE + SUM_MACS_PER_VALUE) * b * h * w * s * c
+    return gather_flops(b, h, w, s, values_shape[-1])
