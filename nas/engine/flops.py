@@ -72,6 +72,17 @@ def _softmax_flop(input_shape, *args, out_shape=None, **kwargs) -> int:
     return SOFTMAX_FLOPS_PER_ELEMENT * math.prod(input_shape)
 
 
+def _acla_attend_flop(q_shape, values_shape, noise_shape, key_mask_shape, adaptive, keys, *args,
+                      out_shape=None, **kwargs) -> int:
+    """``acla_nas::attend`` (ACLA's fused core): its masked softmax over ``B·S·H·W`` logits, as
+    ``aten._softmax`` counts it, plus its sampling and weighted sum, as
+    :func:`~search_spaces.operators.acla_fused.deform_gather_flop` counts them (every slot)."""
+    _, b, h, w, _ = values_shape
+    s = sum(keys)
+    return (SOFTMAX_FLOPS_PER_ELEMENT * b * s * h * w
+            + deform_gather_flop(values_shape, None, None, (b, s, h, w)))
+
+
 def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     b, h, seq_q, e = query_shape
     seq_k = key_shape[-2]
@@ -87,6 +98,7 @@ EXTRA_FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
     aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop,
     torch.ops.acla_nas.bilinear_gather: bilinear_gather_flop,
     torch.ops.acla_nas.deform_gather: deform_gather_flop,
+    torch.ops.acla_nas.attend: _acla_attend_flop,
 }
 
 

@@ -29,11 +29,12 @@ per-slot conv (rows ``2s, 2s+1`` of ``conv_offset``, row ``s`` of ``conv_logit``
 ``l`` (0 skips the reference), and :meth:`ACLA.sliced` / :meth:`ACLA.sliced_state_dict` build the
 equivalent stand-alone module.
 
-Implementation: the sampling and the weighted sum run as one operator over the kept (query,
-slot) pairs - on the CPU a fused C++ kernel compiled on first use
-(:mod:`search_spaces.operators.acla_fused`), elsewhere (CUDA, or no C++ compiler) a sparse
-gather-and-reduce (:mod:`search_spaces.operators.acla_sampling`); dropped keys and points whose
-bilinear footprint misses the map are not sampled. ``ACLA.sampler`` (class or instance attribute:
+Implementation: one 1x1 convolution gives every slot's offsets, logit and keep logit. On the CPU
+a fused C++ kernel compiled on first use (:func:`search_spaces.operators.acla_fused.attend`)
+then takes the keep decision, the softmax over the kept slots and the sampling with the weighted
+sum in one call; elsewhere (CUDA, or no C++ compiler) those are PyTorch operators and the
+sampling a sparse gather-and-reduce (:mod:`search_spaces.operators.acla_sampling`). Both sample
+only the kept (query, slot) pairs whose bilinear footprint overlaps the map. ``ACLA.sampler`` (class or instance attribute:
 ``"auto"``, ``"fused"``, ``"sparse"``, ``"grid_sample"``) picks a path; ``"grid_sample"`` is the
 first ``F.grid_sample`` + ``bmm`` implementation, which samples every slot. All compute the same
 function and count the same FLOPs.
@@ -49,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.operators.acla_fused import deform_gather, fused_available
+from search_spaces.operators.acla_fused import attend as fused_attend
+from search_spaces.operators.acla_fused import fused_available
 from search_spaces.operators.acla_sampling import bilinear_gather, bordered, corner_plan
 from search_spaces.operators.base import (
     OPERATORS,
@@ -211,7 +213,8 @@ class ACLA(AttentionOp):
     uses_refs = True
     #: sampling implementation, settable on the class or on an instance: ``"auto"`` (default:
     #: ``"fused"`` on the CPU when its kernel builds, else ``"sparse"``), ``"fused"`` (the C++
-    #: CPU kernel of :mod:`search_spaces.operators.acla_fused`), ``"sparse"`` (sparse-matrix
+    #: CPU kernel of :mod:`search_spaces.operators.acla_fused`, keep decision and softmax
+    #: included), ``"sparse"`` (sparse-matrix
     #: products, CPU and CUDA) or ``"grid_sample"`` (the first path, kept for comparisons).
     sampler = "auto"
 
@@ -375,41 +378,53 @@ class ACLA(AttentionOp):
         return new
 
     # ----------------------------------------------------------------------------- forward
-    def _query(self, x: torch.Tensor, ranges: list[tuple[int, int]]):
+    def _query_conv(self, x: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
         """One 1x1 conv of the queries (the per-slot rows of ``conv_offset``, ``conv_logit`` and
-        ``conv_mask`` concatenated, offsets reordered to all ``dx`` then all ``dy``).
+        ``conv_mask`` concatenated): ``(B, 3S, H, W)`` - channels ``2s`` and ``2s + 1`` the
+        offsets ``dx``, ``dy`` of slot ``s`` (``conv_offset``'s own order), then the ``S``
+        logits - or ``(B, 4S, H, W)`` with the ``S`` keep logits last for an adaptive module.
+        Adjacent ranges are merged, so with every slot active the weights are not sliced."""
+        merged: list[list[int]] = []
+        for a, b in ranges:
+            if merged and merged[-1][1] == a:
+                merged[-1][1] = b
+            else:
+                merged.append([a, b])
+        convs = [self.conv_offset, self.conv_logit] + ([self.conv_mask] if self.adaptive else [])
+        ws, bs = [], []
+        for conv, rows in zip(convs, (2, 1, 1)):
+            if merged == [[0, sum(self.keys)]]:
+                ws.append(conv.weight)
+                bs.append(conv.bias)
+            else:
+                ws += [conv.weight[rows * a:rows * b] for a, b in merged]
+                bs += [conv.bias[rows * a:rows * b] for a, b in merged]
+        return F.conv2d(x, torch.cat(ws), torch.cat(bs))
 
-        Returns:
-            ``(dx, dy, logits, mask_logits)``, each ``(B, S, H, W)`` (``mask_logits`` is ``None``
-            for a non-adaptive module).
-        """
-        off_w, off_b = self.conv_offset.weight, self.conv_offset.bias
-        ws = [off_w[2 * a:2 * b:2] for a, b in ranges] + [off_w[2 * a + 1:2 * b:2] for a, b in ranges]
-        bs = [off_b[2 * a:2 * b:2] for a, b in ranges] + [off_b[2 * a + 1:2 * b:2] for a, b in ranges]
-        ws += [self.conv_logit.weight[a:b] for a, b in ranges]
-        bs += [self.conv_logit.bias[a:b] for a, b in ranges]
-        if self.conv_mask is not None:
-            ws += [self.conv_mask.weight[a:b] for a, b in ranges]
-            bs += [self.conv_mask.bias[a:b] for a, b in ranges]
-        q = F.conv2d(x, torch.cat(ws), torch.cat(bs))
+    def _query(self, x: torch.Tensor, ranges: list[tuple[int, int]]):
+        """:meth:`_query_conv` as views ``(dx, dy, logits, mask_logits)``, each ``(B, S, H, W)``
+        (``mask_logits`` is ``None`` for a non-adaptive module)."""
+        q = self._query_conv(x, ranges)
         s = sum(b - a for a, b in ranges)
-        parts = q.split(s, dim=1)  # one split: its backward is one concatenation
-        return parts[0], parts[1], parts[2], (parts[3] if len(parts) > 3 else None)
+        mask_logits = q[:, 3 * s:4 * s] if self.adaptive else None
+        return q[:, 0:2 * s:2], q[:, 1:2 * s:2], q[:, 2 * s:3 * s], mask_logits
 
     def _keep_mask(self, mask_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hard keep mask ``(B, S, H, W)`` and the score it thresholds (mask logit + logistic
         noise in training, the mask logit in eval)."""
         m = mask_logits.to(compute_dtype(mask_logits.dtype))
-        if self.training:
-            tiny = torch.finfo(m.dtype).tiny
-            u = batch_rand_like(m).clamp_(tiny, 1.0 - torch.finfo(m.dtype).eps)
-            score = m + torch.logit(u)  # logistic noise (a difference of two Gumbels)
-        else:
-            score = m
+        score = m + self._noise(m) if self.training else m
         with torch.no_grad():
             keep = score > 0
             keep |= score == score.amax(dim=1, keepdim=True)  # at least one key per query
         return keep, score
+
+    @staticmethod
+    def _noise(m: torch.Tensor) -> torch.Tensor:
+        """Logistic noise (a difference of two Gumbels) of ``m``'s shape and dtype, for the
+        training keep decision ``score = m + noise > 0``."""
+        u = batch_rand_like(m).clamp_(torch.finfo(m.dtype).tiny, 1.0 - torch.finfo(m.dtype).eps)
+        return torch.logit(u)
 
     @staticmethod
     def resolve_sampler(sampler: str, device: torch.device) -> str:
@@ -426,29 +441,49 @@ class ACLA(AttentionOp):
             return "fused" if device.type == "cpu" and fused_available() else "sparse"
         return sampler
 
+    def _values(self, refs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The value projection ``Conv_refer`` of each reference as a matmul on its channels-last
+        view: ``(B, H, W, C)`` each."""
+        wgt = self.conv_refer.weight.flatten(1)
+        return [F.linear(r.permute(0, 2, 3, 1), wgt, self.conv_refer.bias) for r in refs]
+
+    def _attend_fused(self, x: torch.Tensor, refs: Sequence[torch.Tensor], active: Sequence[int],
+                      ranges: list[tuple[int, int]], key_mask: torch.Tensor | None) -> ACLAOutput:
+        """:meth:`attend` on the fused CPU kernel's whole core
+        (:func:`~search_spaces.operators.acla_fused.attend`): the query conv, the value
+        projection and the logistic noise stay PyTorch operators; the keep decision, the masked
+        softmax (with its straight-through gradient) and the sampling run in one kernel call."""
+        q = self._query_conv(x, ranges)
+        used = [(r, k) for r, k in zip(refs, active) if k > 0]
+        vals = self._values([r for r, _ in used])
+        values = vals[0].unsqueeze(0) if len(vals) == 1 else torch.stack(vals)
+        adaptive = self.conv_mask is not None
+        s = sum(active)
+        noise = None
+        if adaptive and key_mask is None and self.training:
+            noise = self._noise(q[:, 3 * s:].to(compute_dtype(q.dtype)))
+        st = adaptive and key_mask is None and torch.is_grad_enabled() and q.requires_grad
+        out, weights, keep = fused_attend(q, values, [k for _, k in used], adaptive=adaptive,
+                                          noise=noise, key_mask=key_mask, tau=self.tau, st=st)
+        return ACLAOutput(out.permute(0, 3, 1, 2).to(x.dtype), weights, keep)
+
     def _aggregate(self, refs: Sequence[torch.Tensor], active: Sequence[int], dx: torch.Tensor,
                    dy: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None,
                    probe: bool) -> torch.Tensor:
         """``Σ_{l,k} a_lk · Bilinear(Conv_refer(F_l), p + Δ_lk)`` as ``(B, C, H, W)`` (a view of a
         channels-last result): the value projection as a matmul on the channels-last view of
         each used reference, then one gather-and-reduce over the kept (query, slot) pairs whose
-        footprint overlaps the map - :func:`deform_gather` (the fused CPU kernel) or
-        :func:`bilinear_gather` on zero-bordered maps (the sparse path), per :attr:`sampler`
-        (``probe``: weight gradient of dropped pairs, for the straight-through estimator).
+        footprint overlaps the map - :func:`bilinear_gather` on zero-bordered maps (the sparse
+        path) - or the ``grid_sample`` path, per :attr:`sampler` (``probe``: weight gradient of
+        dropped pairs, for the straight-through estimator). The fused path does not come here
+        (:meth:`_attend_fused`).
 
         Raises:
-            ValueError: an unknown :attr:`sampler`.
-            RuntimeError: ``sampler = "fused"`` off the CPU or without the kernel built."""
-        mode = self.resolve_sampler(self.sampler, dx.device)
-        if mode == "grid_sample":
+            ValueError: an unknown :attr:`sampler`."""
+        if self.resolve_sampler(self.sampler, dx.device) == "grid_sample":
             return self._aggregate_grid_sample(refs, active, dx, dy, weights)
         used = [(r, k) for r, k in zip(refs, active) if k > 0]
-        wgt = self.conv_refer.weight.flatten(1)
-        vals = [F.linear(r.permute(0, 2, 3, 1), wgt, self.conv_refer.bias) for r, _ in used]
-        if mode == "fused":
-            values = vals[0].unsqueeze(0) if len(vals) == 1 else torch.stack(vals)
-            out = deform_gather(values, dx, dy, weights, keep, [k for _, k in used], probe)
-            return out.permute(0, 3, 1, 2)
+        vals = self._values([r for r, _ in used])
         values = bordered(vals, compute_dtype(vals[0].dtype))
 
         def slot_last(t: torch.Tensor) -> torch.Tensor:  # (B, S, H, W) -> (B, H, W, S) copy
@@ -522,14 +557,17 @@ class ACLA(AttentionOp):
             return ACLAOutput(None, None, None)
         b, _, h, w = x.shape
         s = sum(active)
-        dx, dy, logits, mask_logits = self._query(x, ranges)
-        score = None
         if key_mask is not None:
             if key_mask.shape != (b, s, h, w) or key_mask.dtype != torch.bool:
                 raise ValueError(f"key_mask must be a bool tensor of shape {(b, s, h, w)}, got "
                                  f"{key_mask.dtype} {tuple(key_mask.shape)}")
             if not bool(key_mask.any(dim=1).all()):
                 raise ValueError("key_mask must keep at least one slot for every query")
+        if self.resolve_sampler(self.sampler, x.device) == "fused":
+            return self._attend_fused(x, refs, active, ranges, key_mask)
+        dx, dy, logits, mask_logits = self._query(x, ranges)
+        score = None
+        if key_mask is not None:
             keep = key_mask
         elif mask_logits is not None:
             keep, score = self._keep_mask(mask_logits)

@@ -1,4 +1,4 @@
-"""ACLA's sampling and weighted sum (arXiv 2203.03619) as one fused CPU kernel.
+"""ACLA's attention core (arXiv 2203.03619) as one fused CPU kernel.
 
 For query pixel ``(i, j)`` of batch item ``b``::
 
@@ -8,14 +8,25 @@ with ``dx = dx[b, s, i, j]``, ``dy`` likewise (pixels, pixel centres at integers
 outside the map (``F.grid_sample(..., align_corners=False, padding_mode="zeros")``) and slot ``s``
 reading value map ``l(s)`` (the first ``keys[0]`` slots map 0, the next ``keys[1]`` map 1, ...).
 
-The kernel (``csrc/acla_gather.cpp``) walks the queries once: per kept slot it computes the
-bilinear footprint and adds the 4 weighted corner rows of channels-last ``V`` into the output row,
-so a dropped key costs one mask read and nothing else. Its backward walks them again: 4 dot
-products ``G · V[corner]`` per slot give ``dL/dw``, ``dL/ddx`` and ``dL/ddy`` through the bilinear
-weights, and ``dL/dV`` is scattered back with the same coefficients (parallel over the batch, so
-no two threads write one map). It replaces, on the CPU, the sparse-matrix path of
-:mod:`search_spaces.operators.acla_sampling` (about 20 PyTorch operators per call, whose fixed
-costs dominate at restoration-patch sizes); both compute the same function.
+Two operators share the kernel's loops (``csrc/acla_gather.cpp``):
+
+* :func:`attend` - what ``ACLA`` runs on the CPU: from the query convolution's output it takes
+  the keep decision, the softmax over the kept slots and the weighted sum in one call, and its
+  backward returns the gradient of that output in one tensor (the softmax's own gradient and the
+  straight-through gradient of the keep logits included). Per row of queries the keep decision
+  and the softmax are vectorised across the row (a polynomial ``exp`` in float32); per query the
+  gather follows.
+* :func:`deform_gather` - the sampling and weighted sum alone, for given weights and keep mask
+  (the building block; ``experiments/bench/acla_breakdown.py`` times it).
+
+The gather walks the queries once: per kept slot it computes the bilinear footprint and adds the
+4 weighted corner rows of channels-last ``V`` into the output row, so a dropped key costs one mask
+read and nothing else. Its backward walks them again: 4 dot products ``G · V[corner]`` per slot
+give ``dL/dw``, ``dL/ddx`` and ``dL/ddy`` through the bilinear weights, and ``dL/dV`` is scattered
+back with the same coefficients (parallel over the batch, so no two threads write one map). It
+replaces, on the CPU, the path of :mod:`search_spaces.operators.acla_sampling` plus the keep and
+softmax operators (about 40 PyTorch operators per call, whose fixed costs dominate at
+restoration-patch sizes); both compute the same function.
 
 The C++ source is compiled on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler
 and ninja are needed; about 15 s, cached in ``$TORCH_EXTENSIONS_DIR`` or
@@ -23,9 +34,10 @@ and ninja are needed; about 15 s, cached in ``$TORCH_EXTENSIONS_DIR`` or
 built with ``-march=native``). If the build fails, :func:`fused_available` is False, one warning
 says why and ACLA uses the sparse path. ``ACLA_NAS_KERNEL=sparse`` skips the build.
 
-The operator is registered as ``torch.ops.acla_nas.deform_gather`` with a fake (meta) kernel and
-an autograd formula; :func:`deform_gather_flop` (in :data:`nas.engine.flops.EXTRA_FLOP_FORMULAS`)
-counts it as the ``grid_sample`` + ``bmm`` it replaces, for every slot (data-independent).
+The operators are registered as ``torch.ops.acla_nas.attend`` and ``torch.ops.acla_nas.deform_gather``
+with fake (meta) kernels and autograd formulas. :data:`nas.engine.flops.EXTRA_FLOP_FORMULAS` counts
+them as the operators they replace, for every slot (data-independent): ``deform_gather`` as
+``grid_sample`` + ``bmm`` (:func:`deform_gather_flop`), ``attend`` as that plus ``softmax``.
 """
 
 from __future__ import annotations
@@ -43,13 +55,15 @@ from torch import Tensor
 
 from search_spaces.operators.acla_sampling import count_entries, gather_dtype, gather_flops
 
-__all__ = ["deform_gather", "deform_gather_flop", "fused_available", "SOURCE"]
+__all__ = ["attend", "deform_gather", "deform_gather_flop", "fused_available", "SOURCE"]
 
 #: the C++ source of the kernel (shipped as package data).
 SOURCE = Path(__file__).with_name("csrc") / "acla_gather.cpp"
 #: environment variable: ``sparse`` never builds the kernel (ACLA then uses the sparse path).
 ENV = "ACLA_NAS_KERNEL"
-_FLAGS = (["-O3", "-march=native", "-fopenmp"], ["-O3"])  # tried in this order
+# tried in this order; -fno-trapping-math -fno-math-errno let GCC vectorise the core's softmax
+# rows (if-conversion of the exp's selects), without changing any IEEE result
+_FLAGS = (["-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"], ["-O3"])
 _STATE: dict[str, object] = {}
 
 
@@ -228,6 +242,111 @@ def deform_gather(values: Tensor, dx: Tensor, dy: Tensor, weights: Tensor,
     return _deform_gather(values, dx, dy, weights, keep, [int(k) for k in keys], bool(probe))
 
 
+# ------------------------------------------------------------------------ the attention core
+def _core_dtype(q: Tensor, values: Tensor) -> torch.dtype:
+    return gather_dtype(values, q, q)
+
+
+def _opt(t: Tensor | None, dt: torch.dtype) -> Tensor | None:
+    return None if t is None else t.to(dt).contiguous()
+
+
+@torch.library.custom_op("acla_nas::attend", mutates_args=())
+def _attend(q: Tensor, values: Tensor, noise: Tensor | None, key_mask: Tensor | None,
+            adaptive: bool, keys: list[int], tau: float, st: bool) -> tuple[Tensor, Tensor, Tensor]:
+    if values.device.type != "cpu" or not fused_available():
+        raise RuntimeError("acla_nas::attend runs on the CPU with the fused kernel built "
+                           "(fused_available()); use the sparse path otherwise")
+    with torch.autocast("cpu", enabled=False):
+        dt = _core_dtype(q, values)
+        out, weights, keep, sampled = torch.ops.acla_nas_cpu.attend_forward(
+            _slots(q, dt), values.to(dt).contiguous(), _opt(noise, dt), _opt(key_mask, torch.bool),
+            adaptive, list(keys))
+    count_entries(forward=4 * sampled)
+    return out, weights, keep
+
+
+@_attend.register_fake
+def _(q, values, noise, key_mask, adaptive, keys, tau, st):
+    _, b, h, w, c = values.shape
+    s = sum(keys)
+    dt = _core_dtype(q, values)
+    keep = (b, s, h, w) if adaptive or key_mask is not None else (0,)
+    return (values.new_empty((b, h, w, c), dtype=dt), values.new_empty((b, s, h, w), dtype=dt),
+            values.new_empty(keep, dtype=torch.bool))
+
+
+def _attend_setup(ctx, inputs, output) -> None:
+    q, values, noise, key_mask, adaptive, keys, tau, st = inputs
+    _, weights, keep = output
+    ctx.save_for_backward(q, values, noise, weights, keep)
+    ctx.adaptive, ctx.keys, ctx.tau, ctx.st = adaptive, list(keys), tau, st
+    ctx.mark_non_differentiable(keep)
+    ctx.set_materialize_grads(False)
+
+
+def _attend_backward(ctx, grad: Tensor | None, grad_weights: Tensor | None, _grad_keep):
+    from search_spaces.operators.acla import ST_LOG_CLAMP
+
+    q, values, noise, weights, keep = ctx.saved_tensors
+    need_q, need_v = ctx.needs_input_grad[:2]
+    with torch.autocast("cpu", enabled=False):
+        dt = weights.dtype
+        b, h, w, c = values.shape[1:]
+        grad = weights.new_zeros((b, h, w, c)) if grad is None else grad.to(dt).contiguous()
+        g_q, g_v, probed = torch.ops.acla_nas_cpu.attend_backward(
+            grad, _opt(grad_weights, dt), _slots(q, dt), values.to(dt).contiguous(),
+            _opt(noise, dt), weights, keep, ctx.adaptive, ctx.keys, ctx.st and need_q, ctx.tau,
+            ST_LOG_CLAMP, need_v)
+    count_entries(probe=4 * probed)
+    return (g_q.to(q.dtype) if need_q else None, g_v.to(values.dtype) if need_v else None,
+            None, None, None, None, None, None)
+
+
+_attend.register_autograd(_attend_backward, setup_context=_attend_setup)
+
+
+def attend(q: Tensor, values: Tensor, keys: Sequence[int], *, adaptive: bool,
+           noise: Tensor | None = None, key_mask: Tensor | None = None, tau: float = 1.0,
+           st: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """ACLA's attention core in one fused CPU kernel: the keep decision, the softmax over the kept
+    slots and the weighted sum of bilinear samples (:func:`deform_gather`), from the query
+    convolution's output.
+
+    With ``S = sum(keys)``, per query: ``score = m + noise`` (``noise`` ``None``: ``m``); ``keep``
+    is ``key_mask`` if given, else for an adaptive module ``score > 0`` or ``score`` equal to the
+    query's largest (at least one key), else every slot; ``w = softmax`` of the logits over the
+    kept slots (dropped slots weigh exactly 0); ``out = Σ_s w_s · Bilinear(V[l(s)], p + (dx_s,
+    dy_s))`` over the kept slots. The backward is that of ``ACLA``'s composite: the softmax's own
+    gradient for the logits and, when ``st``, the straight-through gradient of the keep logits
+    (``ACLA``'s ``_MaskedSoftmaxST``, which needs ``G · sample`` of dropped slots).
+
+    Args:
+        q: ``(B, 3S, H, W)`` (``dx``, ``dy``, logits) or, ``adaptive``, ``(B, 4S, H, W)`` (then the
+            keep logits ``m``); float, last three dimensions contiguous or not.
+        values: ``(L, B, H, W, C)`` value maps, channels last.
+        keys: slot count per value map (each >= 1).
+        adaptive: whether ``q`` carries keep logits.
+        noise: ``(B, S, H, W)`` logistic noise added to ``m`` (training), or ``None``.
+        key_mask: ``(B, S, H, W)`` bool fixed keep mask (every query keeps a slot), or ``None``.
+        tau: temperature τ of the straight-through estimator.
+        st: give the keep logits the straight-through gradient (else 0).
+
+    Returns:
+        ``(out, weights, keep)``: ``(B, H, W, C)``, ``(B, S, H, W)`` (both in
+        ``promote_types(dtype, float32)``) and the ``(B, S, H, W)`` bool keep mask, ``None`` for a
+        non-adaptive module without ``key_mask``. ``out`` and ``weights`` are differentiable
+        w.r.t. ``q`` and ``values``.
+
+    Raises:
+        RuntimeError: not on the CPU, the kernel is not available (:func:`fused_available`), or
+            shapes that do not fit (the kernel's message).
+    """
+    out, weights, keep = _attend(q, values, noise, key_mask, bool(adaptive),
+                                 [int(k) for k in keys], float(tau), bool(st))
+    return out, weights, (keep if adaptive or key_mask is not None else None)
+
+
 def deform_gather_flop(values_shape, dx_shape, dy_shape, weights_shape, *args, out_shape=None,
                        **kwargs) -> int:
     """FLOPs (= 2 x MACs) charged for :func:`deform_gather`, for all ``S`` slots: the count of
@@ -235,3 +354,4 @@ def deform_gather_flop(values_shape, dx_shape, dy_shape, weights_shape, *args, o
     (``2·(4 + 1)·B·S·H·W·C``). Called by ``FlopCounterMode`` with shapes."""
     b, s, h, w = weights_shape
     return gather_flops(b, h, w, s, values_shape[-1])
+

@@ -208,7 +208,7 @@ def test_build_failure_falls_back_to_the_sparse_path(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the fused kernel must not be called")
 
-    monkeypatch.setattr(acla_mod, "deform_gather", refuse)
+    monkeypatch.setattr(acla_mod, "fused_attend", refuse)
     with torch.no_grad():
         torch.testing.assert_close(m(x, refs), expected)
     m.sampler = "fused"

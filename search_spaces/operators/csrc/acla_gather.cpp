@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -151,6 +152,33 @@ inline T dot(const T* __restrict__ x, const T* __restrict__ y, int64_t n, T* __r
   return out;
 }
 
+// The unreduced products of x · y (length kC, a multiple of the lane count), with the scatter of
+// dot(); the caller reduces four of them at once (hsum4).
+template <typename T, int kC>
+inline typename Vec<T>::type dot_lanes(const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ scatter,
+                                       T coef) {
+  using V = Vec<T>;
+  typename V::type acc = {};
+  for (int c = 0; c < kC; c += V::kLanes) {
+    const typename V::type xv = V::load(x + c);
+    acc += xv * V::load(y + c);
+    if (scatter != nullptr) V::store(scatter + c, V::load(scatter + c) + coef * xv);
+  }
+  return acc;
+}
+
+// The four horizontal sums of a, b, c, d (8 lanes each) by transposing shuffles: 6 shuffles and
+// 4 vector additions instead of four serial 8-term sums.
+template <typename VT>
+inline void hsum4(VT a, VT b, VT c, VT d, float* out) {
+  typedef int I __attribute__((vector_size(32)));
+  const VT ab = __builtin_shuffle(a, b, I{0, 8, 2, 10, 4, 12, 6, 14}) + __builtin_shuffle(a, b, I{1, 9, 3, 11, 5, 13, 7, 15});
+  const VT cd = __builtin_shuffle(c, d, I{0, 8, 2, 10, 4, 12, 6, 14}) + __builtin_shuffle(c, d, I{1, 9, 3, 11, 5, 13, 7, 15});
+  const VT t = __builtin_shuffle(ab, cd, I{0, 1, 8, 9, 4, 5, 12, 13}) + __builtin_shuffle(ab, cd, I{2, 3, 10, 11, 6, 7, 14, 15});
+  // t = [a, b, c, d partial sums of lanes 0-3 | the same of lanes 4-7]
+  for (int u = 0; u < 4; ++u) out[u] = t[u] + t[u + 4];
+}
+
 // Calls f(std::integral_constant<int, kC>) with kC = C for the common channel counts, else 0.
 template <typename F>
 inline void with_channels(int64_t C, F&& f) {
@@ -180,6 +208,82 @@ Geometry geometry(const at::Tensor& values, const at::Tensor& dx, const at::Tens
   return g;
 }
 
+// The weighted sum of one query (b, i, j) over its slots into the output row o: slot s has offset
+// (xq[s * xys], yq[s * xys]), weight aq[s * HW] and keep flag kq[s * HW] (kq null: every slot kept).
+// Returns the number of pairs sampled (kept, footprint on the map, weight != 0).
+template <typename scalar_t, int kC>
+inline int64_t gather_query(const Geometry& g, const scalar_t* __restrict__ V, int64_t b, int64_t i, int64_t j,
+                            const scalar_t* __restrict__ xq, const scalar_t* __restrict__ yq,
+                            int64_t xys, const scalar_t* __restrict__ aq, const bool* __restrict__ kq,
+                            int64_t HW, const int64_t* __restrict__ ref, scalar_t* __restrict__ o) {
+  const int64_t C = kC > 0 ? kC : g.C;
+  Accumulator<scalar_t, kC> acc(o, C);
+  int64_t count = 0;
+  for (int64_t s = 0; s < g.S; ++s) {
+    const int64_t e = s * HW;
+    if (kq != nullptr && !kq[e]) continue;
+    const scalar_t a = aq[e];
+    auto k = corners<scalar_t>(i, j, xq[s * xys], yq[s * xys], g.H, g.W, C);
+    if (!k.any || a == 0) continue;
+    ++count;
+    const scalar_t* __restrict__ v = V + ref[s] * g.ref_stride + b * g.plane_stride;
+    for (int q = 0; q < 4; ++q) {
+      if (k.off[q] >= 0) acc.add(q & 1, v + k.off[q], a * k.cw[q]);
+    }
+  }
+  acc.store();
+  return count;
+}
+
+// The gradients of one query's weighted sum (layout as gather_query), given its output-gradient
+// row gq: dL/dw (probe: of dropped slots too) of slot s is written to gA[s * ostride], dL/ddx and
+// dL/ddy to gX/gY[s * oxys] (null: not wanted; slots not reached are left as they are), and
+// dL/dV is scattered into gV (null: not wanted). Returns the number of dropped pairs probed.
+template <typename scalar_t, int kC>
+inline int64_t grad_query(const Geometry& g, const scalar_t* __restrict__ V, int64_t b, int64_t i, int64_t j,
+                          const scalar_t* __restrict__ xq, const scalar_t* __restrict__ yq, int64_t xys,
+                          const scalar_t* __restrict__ aq, const bool* __restrict__ kq, int64_t HW,
+                          const int64_t* __restrict__ ref, const scalar_t* __restrict__ gq, bool probe,
+                          scalar_t* __restrict__ gV, scalar_t* __restrict__ gA, scalar_t* __restrict__ gX,
+                          scalar_t* __restrict__ gY, int64_t ostride, int64_t oxys) {
+  const int64_t C = kC > 0 ? kC : g.C;
+  int64_t count = 0;
+  for (int64_t s = 0; s < g.S; ++s) {
+    const int64_t e = s * HW;
+    const bool kept = kq == nullptr || kq[e];
+    if (!kept && !probe) continue;
+    auto k = corners<scalar_t>(i, j, xq[s * xys], yq[s * xys], g.H, g.W, C);
+    if (!k.any) continue;
+    count += kept ? 0 : 1;
+    const int64_t vbase = ref[s] * g.ref_stride + b * g.plane_stride;
+    const scalar_t* __restrict__ v = V + vbase;
+    const scalar_t a = kept ? aq[e] : scalar_t(0);
+    // dL/dV[corner] += a * cw * G (kept pairs only), in the pass of the corner's dot
+    scalar_t* __restrict__ gv = (gV != nullptr && kept && a != 0) ? gV + vbase : nullptr;
+    scalar_t d[4] = {0, 0, 0, 0};
+    if constexpr (std::is_same<scalar_t, float>::value && kC > 0 && kC % Vec<scalar_t>::kLanes == 0 &&
+                  Vec<scalar_t>::kLanes == 8) {
+      typename Vec<scalar_t>::type acc[4] = {};
+      for (int q = 0; q < 4; ++q) {
+        if (k.off[q] < 0) continue;
+        acc[q] = dot_lanes<scalar_t, kC>(gq, v + k.off[q], gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
+      }
+      hsum4(acc[0], acc[1], acc[2], acc[3], d);
+    } else {
+      for (int q = 0; q < 4; ++q) {
+        if (k.off[q] < 0) continue;
+        d[q] = dot<scalar_t, kC>(gq, v + k.off[q], C, gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
+      }
+    }
+    const int64_t o = s * ostride;
+    if (gA != nullptr) gA[o] = k.cw[0] * d[0] + k.cw[1] * d[1] + k.cw[2] * d[2] + k.cw[3] * d[3];
+    if (!kept) continue;
+    if (gX != nullptr) gX[s * oxys] = a * ((1 - k.fy) * (d[1] - d[0]) + k.fy * (d[3] - d[2]));
+    if (gY != nullptr) gY[s * oxys] = a * ((1 - k.fx) * (d[2] - d[0]) + k.fx * (d[3] - d[1]));
+  }
+  return count;
+}
+
 // Both kernels walk the queries in the outer loop and their slots in the inner one: the output
 // (gradient) row of a query is finished in one visit. (Slots outer, pixels inner - one
 // sequential stream per slot - measured 1.7x slower forward, 1.2-2x slower backward.)
@@ -199,22 +303,10 @@ int64_t forward_kernel(const Geometry& g, const scalar_t* __restrict__ V, const 
       const scalar_t* __restrict__ xb = DX + b * g.x_bstride;
       const scalar_t* __restrict__ yb = DY + b * g.y_bstride;
       for (int64_t j = 0; j < g.W; ++j) {
-        scalar_t* __restrict__ o = out + (bi * g.W + j) * C;
-        Accumulator<scalar_t, kC> acc(o, C);
         const int64_t p = i * g.W + j;
-        for (int64_t s = 0; s < g.S; ++s) {
-          const int64_t e = s * HW + p;
-          if (kb != nullptr && !kb[e]) continue;
-          const scalar_t a = ab[e];
-          auto k = corners<scalar_t>(i, j, xb[e], yb[e], g.H, g.W, C);
-          if (!k.any || a == 0) continue;
-          ++count;
-          const scalar_t* __restrict__ v = V + ref[s] * g.ref_stride + b * g.plane_stride;
-          for (int q = 0; q < 4; ++q) {
-            if (k.off[q] >= 0) acc.add(q & 1, v + k.off[q], a * k.cw[q]);
-          }
-        }
-        acc.store();
+        count += gather_query<scalar_t, kC>(g, V, b, i, j, xb + p, yb + p, HW, ab + p,
+                                            kb == nullptr ? nullptr : kb + p, HW, ref,
+                                            out + (bi * g.W + j) * C);
       }
     }
     sampled += count;
@@ -239,33 +331,243 @@ int64_t backward_kernel(const Geometry& g, const scalar_t* __restrict__ V, const
       const scalar_t* __restrict__ xb = DX + b * g.x_bstride;
       const scalar_t* __restrict__ yb = DY + b * g.y_bstride;
       const int64_t ob = b * g.S * HW;  // gradients are contiguous (B, S, H, W)
+      auto at = [&](scalar_t* t, int64_t p) { return t == nullptr ? nullptr : t + ob + p; };
       for (int64_t i = 0; i < g.H; ++i) {
         for (int64_t j = 0; j < g.W; ++j) {
           const int64_t p = i * g.W + j;
-          const scalar_t* __restrict__ gq = G + (b * HW + p) * C;
-          for (int64_t s = 0; s < g.S; ++s) {
-            const int64_t e = s * HW + p;
-            const bool kept = kb == nullptr || kb[e];
-            if (!kept && !probe) continue;
-            auto k = corners<scalar_t>(i, j, xb[e], yb[e], g.H, g.W, C);
-            if (!k.any) continue;
-            count += kept ? 0 : 1;
-            const int64_t vbase = ref[s] * g.ref_stride + b * g.plane_stride;
-            const scalar_t* __restrict__ v = V + vbase;
-            const scalar_t a = kept ? ab[e] : scalar_t(0);
-            // dL/dV[corner] += a * cw * G (kept pairs only), in the pass of the corner's dot
-            scalar_t* __restrict__ gv = (gV != nullptr && kept && a != 0) ? gV + vbase : nullptr;
-            scalar_t d[4] = {0, 0, 0, 0};
-            for (int q = 0; q < 4; ++q) {
-              if (k.off[q] < 0) continue;
-              d[q] = dot<scalar_t, kC>(gq, v + k.off[q], C, gv == nullptr ? nullptr : gv + k.off[q],
-                                       a * k.cw[q]);
-            }
-            if (gA != nullptr) gA[ob + e] = k.cw[0] * d[0] + k.cw[1] * d[1] + k.cw[2] * d[2] + k.cw[3] * d[3];
-            if (!kept) continue;
-            if (gX != nullptr) gX[ob + e] = a * ((1 - k.fy) * (d[1] - d[0]) + k.fy * (d[3] - d[2]));
-            if (gY != nullptr) gY[ob + e] = a * ((1 - k.fx) * (d[2] - d[0]) + k.fx * (d[3] - d[1]));
+          count += grad_query<scalar_t, kC>(g, V, b, i, j, xb + p, yb + p, HW, ab + p,
+                                            kb == nullptr ? nullptr : kb + p, HW, ref,
+                                            G + (b * HW + p) * C, probe, gV, at(gA, p), at(gX, p),
+                                            at(gY, p), HW, HW);
+        }
+      }
+    }
+    probed += count;
+  });
+  return probed.load();
+}
+
+// ------------------------------------------------------------------------ the attention core
+// ACLA's whole attention core in one pass per query: the keep decision, the softmax over the kept
+// slots and the weighted sum. q is the query convolution's output (B, Qc, H, W) (last three
+// dimensions contiguous, any batch stride): channels 2s and 2s + 1 the offsets dx, dy of slot s,
+// [2S, 3S) logits and, for an adaptive module, [3S, 4S) keep logits m. keep: a fixed mask (Kin), or for an adaptive
+// module score = m + noise (noise null: score = m), keep = score > 0 or score = max_s score; else
+// every slot. weights = softmax of the logits over the kept slots (0 for dropped slots).
+struct Core {
+  const void* q;
+  int64_t q_bstride;
+  const void* noise;  // (B, S, H, W) contiguous, or null
+  const bool* kin;    // (B, S, H, W) contiguous fixed mask, or null
+  bool adaptive;
+};
+
+// exp for the core's softmax and straight-through terms. float: a branch-free Cephes-style
+// polynomial (relative error ~1e-7, exp(x) = 2^n exp(r), |r| <= ln2 / 2) that the compiler
+// vectorises over a row of queries (libm's expf is a call per element, which made the fused core
+// slower than PyTorch's vectorised softmax); 0 below -87.3, NaN stays NaN. double: std::exp.
+template <typename T>
+inline T vexp(T x) {
+  return std::exp(x);
+}
+template <>
+inline float vexp<float>(float x) {
+  const float xc = std::min(std::max(x, -87.3f), 88.37f);
+  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  const float y = poly * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const float e = y * scale;
+  return x < -87.3f ? 0.0f : (x != x ? x : e);
+}
+
+// Keep flags and softmax weights of the W queries of one row (b, i), vectorised over the row.
+// Slot s of every per-slot pointer is at [s * HW + j]; k is written when the module has a keep
+// mask (k != nullptr); mx and z are scratch rows of length W.
+template <typename scalar_t>
+void keep_softmax_row(int64_t S, int64_t HW, int64_t W, const scalar_t* __restrict__ lq,
+                      const scalar_t* __restrict__ mq, const scalar_t* __restrict__ nq,
+                      const bool* __restrict__ kin, bool* __restrict__ k, scalar_t* __restrict__ w,
+                      scalar_t* __restrict__ mx, scalar_t* __restrict__ z) {
+  // the flags as bytes: GCC does not vectorise loads and stores of bool
+  uint8_t* __restrict__ k8 = reinterpret_cast<uint8_t*>(k);
+  const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
+  if (kin != nullptr) {
+    for (int64_t s = 0; s < S; ++s) std::memcpy(k + s * HW, kin + s * HW, W * sizeof(bool));
+  } else if (k != nullptr) {
+    std::fill(mx, mx + W, -inf);
+    for (int64_t s = 0; s < S; ++s) {  // w holds the score for now
+      const scalar_t* __restrict__ m = mq + s * HW;
+      const scalar_t* __restrict__ n = nq == nullptr ? nullptr : nq + s * HW;
+      scalar_t* __restrict__ sc = w + s * HW;
+      for (int64_t j = 0; j < W; ++j) {
+        sc[j] = n == nullptr ? m[j] : m[j] + n[j];
+        mx[j] = (sc[j] > mx[j] || sc[j] != sc[j]) ? sc[j] : mx[j];  // NaN sticks, as torch.amax
+      }
+    }
+    for (int64_t s = 0; s < S; ++s) {
+      const scalar_t* __restrict__ sc = w + s * HW;
+      uint8_t* __restrict__ ks = k8 + s * HW;
+      for (int64_t j = 0; j < W; ++j) ks[j] = static_cast<uint8_t>((sc[j] > 0) | (sc[j] == mx[j]));
+    }
+  }
+  std::fill(mx, mx + W, -inf);
+  std::fill(z, z + W, scalar_t(0));
+  for (int64_t s = 0; s < S; ++s) {
+    const scalar_t* __restrict__ l = lq + s * HW;
+    if (k == nullptr) {
+      for (int64_t j = 0; j < W; ++j) mx[j] = l[j] > mx[j] ? l[j] : mx[j];
+    } else {
+      const uint8_t* __restrict__ ks = k8 + s * HW;
+      for (int64_t j = 0; j < W; ++j) mx[j] = (ks[j] != 0 && l[j] > mx[j]) ? l[j] : mx[j];
+    }
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    const scalar_t* __restrict__ l = lq + s * HW;
+    scalar_t* __restrict__ ws = w + s * HW;
+    if (k == nullptr) {
+      for (int64_t j = 0; j < W; ++j) {
+        ws[j] = vexp(l[j] - mx[j]);
+        z[j] += ws[j];
+      }
+    } else {
+      const uint8_t* __restrict__ ks = k8 + s * HW;
+      for (int64_t j = 0; j < W; ++j) {
+        const scalar_t e = vexp(l[j] - mx[j]);  // -inf - max for dropped: 0 either way
+        ws[j] = ks[j] != 0 ? e : scalar_t(0);
+        z[j] += ws[j];
+      }
+    }
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    scalar_t* __restrict__ ws = w + s * HW;
+    for (int64_t j = 0; j < W; ++j) ws[j] /= z[j];
+  }
+}
+
+template <typename scalar_t, int kC>
+int64_t core_forward_kernel(const Geometry& g, const Core& c, const scalar_t* __restrict__ V,
+                            const int64_t* __restrict__ ref, scalar_t* __restrict__ out,
+                            scalar_t* __restrict__ Wt, bool* __restrict__ K) {
+  const int64_t HW = g.H * g.W, C = kC > 0 ? kC : g.C, S = g.S;
+  const scalar_t* Q = static_cast<const scalar_t*>(c.q);
+  const scalar_t* N = static_cast<const scalar_t*>(c.noise);
+  std::atomic<int64_t> sampled{0};
+  at::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
+    int64_t count = 0;
+    std::vector<scalar_t> scratch(2 * g.W);
+    for (int64_t bi = begin; bi < end; ++bi) {
+      const int64_t b = bi / g.H, i = bi % g.H, row = b * S * HW + i * g.W;
+      const scalar_t* __restrict__ qb = Q + b * c.q_bstride + i * g.W;
+      bool* kr = K == nullptr ? nullptr : K + row;
+      keep_softmax_row<scalar_t>(S, HW, g.W, qb + 2 * S * HW, qb + 3 * S * HW,
+                                 N == nullptr ? nullptr : N + row, c.kin == nullptr ? nullptr : c.kin + row,
+                                 kr, Wt + row, scratch.data(), scratch.data() + g.W);
+      for (int64_t j = 0; j < g.W; ++j) {
+        count += gather_query<scalar_t, kC>(g, V, b, i, j, qb + j, qb + HW + j, 2 * HW, Wt + row + j,
+                                            kr == nullptr ? nullptr : kr + j, HW, ref,
+                                            out + (bi * g.W + j) * C);
+      }
+    }
+    sampled += count;
+  });
+  return sampled.load();
+}
+
+// The core's backward: dL/dq (B, Qc, H, W) contiguous (q's layout), zero-filled by the caller - dx, dy from
+// the bilinear weights; the logits through the softmax; the keep logits, when `st`, by the
+// straight-through estimator
+//   dL/dm_s = r_s * t_s * sigmoid'(score_s / tau) / tau,  r_s = exp(min(l_s - lse_kept(l), clamp)),
+//   t_s = dL/dw_s - sum_i w_i dL/dw_i
+// (dL/dw of dropped slots probed: G . sample) - and dL/dV. gW: an extra dL/dweights, or null.
+// Per row: the per-query pass (gather gradients, dL/dw parked in the logits' channels), then the
+// softmax and straight-through terms vectorised over the row.
+template <typename scalar_t, int kC>
+int64_t core_backward_kernel(const Geometry& g, const Core& c, const scalar_t* __restrict__ V,
+                             const int64_t* __restrict__ ref, const scalar_t* __restrict__ Wt,
+                             const bool* __restrict__ K, const scalar_t* __restrict__ G,
+                             const scalar_t* __restrict__ gW, bool st, scalar_t tau, scalar_t clamp,
+                             scalar_t* __restrict__ gV, scalar_t* __restrict__ gQ) {
+  const int64_t HW = g.H * g.W, C = kC > 0 ? kC : g.C, S = g.S, W = g.W;
+  const int64_t Qc = (c.adaptive ? 4 : 3) * S;
+  const scalar_t* Q = static_cast<const scalar_t*>(c.q);
+  const scalar_t* N = static_cast<const scalar_t*>(c.noise);
+  std::atomic<int64_t> probed{0};
+  at::parallel_for(0, g.B, 1, [&](int64_t begin, int64_t end) {
+    int64_t count = 0;
+    std::vector<scalar_t> scratch(3 * W);
+    scalar_t* __restrict__ wg = scratch.data();
+    scalar_t* __restrict__ mx = wg + W;
+    scalar_t* __restrict__ z = mx + W;
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t i = 0; i < g.H; ++i) {
+        const int64_t row = b * S * HW + i * W;
+        const scalar_t* __restrict__ qb = Q + b * c.q_bstride + i * W;
+        scalar_t* __restrict__ gq = gQ + b * Qc * HW + i * W;
+        const bool* __restrict__ kr = K == nullptr ? nullptr : K + row;
+        const scalar_t* __restrict__ wr = Wt + row;
+        scalar_t* __restrict__ ga = gq + 2 * S * HW;  // dL/dw, then dL/dlogits
+        for (int64_t j = 0; j < W; ++j) {
+          count += grad_query<scalar_t, kC>(g, V, b, i, j, qb + j, qb + HW + j, 2 * HW, wr + j,
+                                            kr == nullptr ? nullptr : kr + j, HW, ref,
+                                            G + (b * HW + i * W + j) * C, st, gV, ga + j, gq + j,
+                                            gq + HW + j, HW, 2 * HW);
+        }
+        std::fill(wg, wg + W, scalar_t(0));
+        for (int64_t s = 0; s < S; ++s) {
+          scalar_t* __restrict__ gas = ga + s * HW;
+          const scalar_t* __restrict__ ws = wr + s * HW;
+          if (gW != nullptr) {
+            const scalar_t* __restrict__ gws = gW + row + s * HW;
+            for (int64_t j = 0; j < W; ++j) gas[j] += gws[j];
           }
+          for (int64_t j = 0; j < W; ++j) wg[j] += ws[j] * gas[j];
+        }
+        if (st) {  // lse over the kept logits, then dL/dm; before ga is overwritten
+          const scalar_t* __restrict__ lq = qb + 2 * S * HW;
+          std::fill(mx, mx + W, -std::numeric_limits<scalar_t>::infinity());
+          std::fill(z, z + W, scalar_t(0));
+          const uint8_t* __restrict__ k8 = reinterpret_cast<const uint8_t*>(kr);
+          for (int64_t s = 0; s < S; ++s) {
+            const scalar_t* __restrict__ l = lq + s * HW;
+            const uint8_t* __restrict__ ks = k8 + s * HW;
+            for (int64_t j = 0; j < W; ++j) mx[j] = (ks[j] != 0 && l[j] > mx[j]) ? l[j] : mx[j];
+          }
+          for (int64_t s = 0; s < S; ++s) {
+            const scalar_t* __restrict__ l = lq + s * HW;
+            const uint8_t* __restrict__ ks = k8 + s * HW;
+            for (int64_t j = 0; j < W; ++j) {
+              const scalar_t e = vexp(l[j] - mx[j]);
+              z[j] += ks[j] != 0 ? e : scalar_t(0);
+            }
+          }
+          for (int64_t j = 0; j < W; ++j) mx[j] += std::log(z[j]);  // mx: lse
+          for (int64_t s = 0; s < S; ++s) {
+            const scalar_t* __restrict__ m = qb + (3 * S + s) * HW;
+            const scalar_t* __restrict__ n = N == nullptr ? nullptr : N + row + s * HW;
+            const scalar_t* __restrict__ l = lq + s * HW;
+            const scalar_t* __restrict__ gas = ga + s * HW;
+            scalar_t* __restrict__ gm = gq + (3 * S + s) * HW;
+            for (int64_t j = 0; j < W; ++j) {
+              const scalar_t r = vexp(std::min(l[j] - mx[j], clamp));
+              const scalar_t sc = n == nullptr ? m[j] : m[j] + n[j];
+              const scalar_t sig = scalar_t(1) / (scalar_t(1) + vexp(-(sc / tau)));
+              gm[j] = r * (gas[j] - wg[j]) * (sig * (scalar_t(1) - sig)) / tau;
+            }
+          }
+        }
+        for (int64_t s = 0; s < S; ++s) {
+          scalar_t* __restrict__ gas = ga + s * HW;
+          const scalar_t* __restrict__ ws = wr + s * HW;
+          for (int64_t j = 0; j < W; ++j) gas[j] = ws[j] * (gas[j] - wg[j]);
         }
       }
     }
@@ -358,10 +660,128 @@ std::tuple<std::vector<at::Tensor>, int64_t> deform_gather_backward(const at::Te
   return {std::vector<at::Tensor>{gV, gX, gY, gA}, probed};
 }
 
+namespace {
+
+// The checks of the core's arguments; returns the slot count S = sum(keys).
+int64_t check_core(const at::Tensor& q, const at::Tensor& values, const c10::optional<at::Tensor>& noise,
+                   const c10::optional<at::Tensor>& key_mask, bool adaptive, at::IntArrayRef keys) {
+  TORCH_CHECK(values.device().is_cpu() && values.dim() == 5 && values.is_contiguous(),
+              "values must be a contiguous (L, B, H, W, C) CPU tensor");
+  int64_t S = 0;
+  for (auto k : keys) S += k;
+  TORCH_CHECK(static_cast<int64_t>(keys.size()) == values.size(0), "one key count per value map");
+  const int64_t B = values.size(1), H = values.size(2), W = values.size(3);
+  TORCH_CHECK(q.device().is_cpu() && q.dim() == 4 && q.size(0) == B && q.size(1) == (adaptive ? 4 : 3) * S &&
+                  q.size(2) == H && q.size(3) == W && q.stride(3) == 1 && q.stride(2) == W &&
+                  q.stride(1) == H * W && q.scalar_type() == values.scalar_type(),
+              "q must be (B, 3S or 4S, H, W) with its last three dimensions contiguous, in the values' dtype");
+  for (const auto* t : {&noise, &key_mask}) {
+    if (!t->has_value() || !(*t)->defined()) continue;
+    const at::Tensor& u = **t;
+    TORCH_CHECK(u.device().is_cpu() && u.is_contiguous() && u.dim() == 4 && u.size(0) == B && u.size(1) == S &&
+                    u.size(2) == H && u.size(3) == W,
+                "noise and key_mask must be contiguous (B, S, H, W) CPU tensors");
+    TORCH_CHECK(t == &key_mask ? u.scalar_type() == at::kBool : u.scalar_type() == values.scalar_type(),
+                "noise must have the values' dtype, key_mask must be bool");
+  }
+  return S;
+}
+
+Geometry core_geometry(const at::Tensor& values, int64_t S) {
+  Geometry g{};
+  g.L = values.size(0);
+  g.B = values.size(1);
+  g.H = values.size(2);
+  g.W = values.size(3);
+  g.C = values.size(4);
+  g.S = S;
+  g.plane_stride = g.H * g.W * g.C;
+  g.ref_stride = g.B * g.plane_stride;
+  return g;
+}
+
+const void* opt_ptr(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr() : nullptr;
+}
+
+}  // namespace
+
+// Returns the output (B, H, W, C), the weights (B, S, H, W), the keep mask (B, S, H, W) - empty
+// (0,) for a non-adaptive module without key_mask - and the number of pairs sampled.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> attend_forward(
+    const at::Tensor& q, const at::Tensor& values, const c10::optional<at::Tensor>& noise,
+    const c10::optional<at::Tensor>& key_mask, bool adaptive, at::IntArrayRef keys) {
+  const int64_t S = check_core(q, values, noise, key_mask, adaptive, keys);
+  const Geometry g = core_geometry(values, S);
+  const auto ref = slot_refs(keys);
+  const Core c{q.data_ptr(), q.stride(0), opt_ptr(noise), static_cast<const bool*>(opt_ptr(key_mask)),
+               adaptive};
+  auto out = at::empty({g.B, g.H, g.W, g.C}, values.options());
+  auto wt = at::empty({g.B, S, g.H, g.W}, values.options());
+  const bool has_keep = adaptive || c.kin != nullptr;
+  auto keep = at::empty(has_keep ? at::IntArrayRef({g.B, S, g.H, g.W}) : at::IntArrayRef({0}),
+                        values.options().dtype(at::kBool));
+  int64_t sampled = 0;
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "acla_attend_forward", [&] {
+    with_channels(g.C, [&](auto kc) {
+      sampled = core_forward_kernel<scalar_t, decltype(kc)::value>(
+          g, c, values.data_ptr<scalar_t>(), ref.data(), out.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+          has_keep ? keep.data_ptr<bool>() : nullptr);
+    });
+  });
+  return {out, wt, keep, sampled};
+}
+
+// Returns dL/dq (B, Qc, H, W), dL/dvalues (undefined unless need_values) and the number of dropped
+// pairs probed (st: the straight-through gradient of the keep logits).
+std::tuple<at::Tensor, at::Tensor, int64_t> attend_backward(
+    const at::Tensor& grad, const c10::optional<at::Tensor>& grad_weights, const at::Tensor& q,
+    const at::Tensor& values, const c10::optional<at::Tensor>& noise, const at::Tensor& weights,
+    const at::Tensor& keep, bool adaptive, at::IntArrayRef keys, bool st, double tau, double clamp,
+    bool need_values) {
+  const int64_t S = check_core(q, values, noise, c10::nullopt, adaptive, keys);
+  const Geometry g = core_geometry(values, S);
+  TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == values.scalar_type() && grad.dim() == 4,
+              "grad must be contiguous (B, H, W, C) of the values' dtype");
+  TORCH_CHECK(weights.is_contiguous() && weights.scalar_type() == values.scalar_type() &&
+                  weights.sizes() == at::IntArrayRef({g.B, S, g.H, g.W}),
+              "weights must be the forward's contiguous (B, S, H, W) weights");
+  const bool has_keep = keep.numel() > 0;
+  TORCH_CHECK(!has_keep || (keep.is_contiguous() && keep.scalar_type() == at::kBool && keep.sizes() == weights.sizes()),
+              "keep must be the forward's (B, S, H, W) keep mask");
+  TORCH_CHECK(!st || (adaptive && has_keep), "the straight-through gradient needs an adaptive module");
+  const at::Tensor* gw = grad_weights.has_value() && grad_weights->defined() ? &*grad_weights : nullptr;
+  TORCH_CHECK(gw == nullptr || (gw->is_contiguous() && gw->scalar_type() == values.scalar_type() &&
+                                gw->sizes() == weights.sizes()),
+              "grad_weights must be contiguous (B, S, H, W) of the values' dtype");
+  const Core c{q.data_ptr(), q.stride(0), opt_ptr(noise), nullptr, adaptive};
+  const auto ref = slot_refs(keys);
+  at::Tensor gq = at::zeros({g.B, q.size(1), g.H, g.W}, values.options());
+  at::Tensor gv = need_values ? at::zeros_like(values) : at::Tensor();
+  int64_t probed = 0;
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "acla_attend_backward", [&] {
+    with_channels(g.C, [&](auto kc) {
+      probed = core_backward_kernel<scalar_t, decltype(kc)::value>(
+          g, c, values.data_ptr<scalar_t>(), ref.data(), weights.data_ptr<scalar_t>(),
+          has_keep ? keep.data_ptr<bool>() : nullptr, grad.data_ptr<scalar_t>(),
+          gw == nullptr ? nullptr : gw->data_ptr<scalar_t>(), st, static_cast<scalar_t>(tau),
+          static_cast<scalar_t>(clamp), need_values ? gv.data_ptr<scalar_t>() : nullptr, gq.data_ptr<scalar_t>());
+    });
+  });
+  return {gq, gv, probed};
+}
+
 TORCH_LIBRARY(acla_nas_cpu, m) {
   m.def("deform_gather_forward(Tensor values, Tensor dx, Tensor dy, Tensor w, Tensor? keep, int[] keys) -> (Tensor, int)",
         &deform_gather_forward);
   m.def("deform_gather_backward(Tensor grad, Tensor values, Tensor dx, Tensor dy, Tensor w, Tensor? keep, "
         "int[] keys, bool probe, bool need_values, bool need_dx, bool need_dy, bool need_w) -> (Tensor[], int)",
         &deform_gather_backward);
+  m.def("attend_forward(Tensor q, Tensor values, Tensor? noise, Tensor? key_mask, bool adaptive, int[] keys) "
+        "-> (Tensor, Tensor, Tensor, int)",
+        &attend_forward);
+  m.def("attend_backward(Tensor grad, Tensor? grad_weights, Tensor q, Tensor values, Tensor? noise, "
+        "Tensor weights, Tensor keep, bool adaptive, int[] keys, bool st, float tau, float clamp, "
+        "bool need_values) -> (Tensor, Tensor, int)",
+        &attend_backward);
 }
