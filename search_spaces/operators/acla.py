@@ -34,10 +34,10 @@ a fused C++ kernel compiled on first use (:func:`search_spaces.operators.acla_fu
 then takes the keep decision, the softmax over the kept slots and the sampling with the weighted
 sum in one call; elsewhere (CUDA, or no C++ compiler) those are PyTorch operators and the
 sampling a sparse gather-and-reduce (:mod:`search_spaces.operators.acla_sampling`). Both sample
-only the kept (query, slot) pairs whose bilinear footprint overlaps the map. ``ACLA.sampler`` (class or instance attribute:
-``"auto"``, ``"fused"``, ``"sparse"``, ``"grid_sample"``) picks a path; ``"grid_sample"`` is the
-first ``F.grid_sample`` + ``bmm`` implementation, which samples every slot. All compute the same
-function and count the same FLOPs.
+only the kept (query, slot) pairs whose bilinear footprint overlaps the map. ``ACLA.sampler``
+(class or instance attribute: ``"auto"``, ``"fused"``, ``"sparse"``, ``"grid_sample"``) picks a
+path; ``"grid_sample"`` is the first ``F.grid_sample`` + ``bmm`` implementation, which samples
+every slot. All compute the same function and count the same FLOPs.
 """
 
 from __future__ import annotations
