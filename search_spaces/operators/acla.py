@@ -464,7 +464,8 @@ class ACLA(AttentionOp):
             noise = self._noise(q[:, 3 * s:].to(compute_dtype(q.dtype)))
         st = adaptive and key_mask is None and torch.is_grad_enabled() and q.requires_grad
         out, weights, keep = fused_attend(q, values, [k for _, k in used], adaptive=adaptive,
-                                          noise=noise, key_mask=key_mask, tau=self.tau, st=st)
+                                          noise=noise, key_mask=key_mask, tau=self.tau, st=st,
+                                          st_log_clamp=ST_LOG_CLAMP)
         return ACLAOutput(out.permute(0, 3, 1, 2).to(x.dtype), weights, keep)
 
     def _aggregate(self, refs: Sequence[torch.Tensor], active: Sequence[int], dx: torch.Tensor,

@@ -253,7 +253,8 @@ def _opt(t: Tensor | None, dt: torch.dtype) -> Tensor | None:
 
 @torch.library.custom_op("acla_nas::attend", mutates_args=())
 def _attend(q: Tensor, values: Tensor, noise: Tensor | None, key_mask: Tensor | None,
-            adaptive: bool, keys: list[int], tau: float, st: bool) -> tuple[Tensor, Tensor, Tensor]:
+            adaptive: bool, keys: list[int], tau: float, st: bool,
+            st_log_clamp: float) -> tuple[Tensor, Tensor, Tensor]:
     if values.device.type != "cpu" or not fused_available():
         raise RuntimeError("acla_nas::attend runs on the CPU with the fused kernel built "
                            "(fused_available()); use the sparse path otherwise")
@@ -267,7 +268,7 @@ def _attend(q: Tensor, values: Tensor, noise: Tensor | None, key_mask: Tensor | 
 
 
 @_attend.register_fake
-def _(q, values, noise, key_mask, adaptive, keys, tau, st):
+def _(q, values, noise, key_mask, adaptive, keys, tau, st, st_log_clamp):
     _, b, h, w, c = values.shape
     s = sum(keys)
     dt = _core_dtype(q, values)
@@ -277,17 +278,15 @@ def _(q, values, noise, key_mask, adaptive, keys, tau, st):
 
 
 def _attend_setup(ctx, inputs, output) -> None:
-    q, values, noise, key_mask, adaptive, keys, tau, st = inputs
+    q, values, noise, key_mask, adaptive, keys, tau, st, st_log_clamp = inputs
     _, weights, keep = output
     ctx.save_for_backward(q, values, noise, weights, keep)
-    ctx.adaptive, ctx.keys, ctx.tau, ctx.st = adaptive, list(keys), tau, st
+    ctx.adaptive, ctx.keys, ctx.tau, ctx.st, ctx.clamp = adaptive, list(keys), tau, st, st_log_clamp
     ctx.mark_non_differentiable(keep)
     ctx.set_materialize_grads(False)
 
 
 def _attend_backward(ctx, grad: Tensor | None, grad_weights: Tensor | None, _grad_keep):
-    from search_spaces.operators.acla import ST_LOG_CLAMP
-
     q, values, noise, weights, keep = ctx.saved_tensors
     need_q, need_v = ctx.needs_input_grad[:2]
     with torch.autocast("cpu", enabled=False):
@@ -297,10 +296,10 @@ def _attend_backward(ctx, grad: Tensor | None, grad_weights: Tensor | None, _gra
         g_q, g_v, probed = torch.ops.acla_nas_cpu.attend_backward(
             grad, _opt(grad_weights, dt), _slots(q, dt), values.to(dt).contiguous(),
             _opt(noise, dt), weights, keep, ctx.adaptive, ctx.keys, ctx.st and need_q, ctx.tau,
-            ST_LOG_CLAMP, need_v)
+            ctx.clamp, need_v)
     count_entries(probe=4 * probed)
     return (g_q.to(q.dtype) if need_q else None, g_v.to(values.dtype) if need_v else None,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 _attend.register_autograd(_attend_backward, setup_context=_attend_setup)
@@ -308,7 +307,7 @@ _attend.register_autograd(_attend_backward, setup_context=_attend_setup)
 
 def attend(q: Tensor, values: Tensor, keys: Sequence[int], *, adaptive: bool,
            noise: Tensor | None = None, key_mask: Tensor | None = None, tau: float = 1.0,
-           st: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+           st: bool = False, st_log_clamp: float = 10.0) -> tuple[Tensor, Tensor, Tensor | None]:
     """ACLA's attention core in one fused CPU kernel: the keep decision, the softmax over the kept
     slots and the weighted sum of bilinear samples (:func:`deform_gather`), from the query
     convolution's output.
@@ -331,6 +330,7 @@ def attend(q: Tensor, values: Tensor, keys: Sequence[int], *, adaptive: bool,
         key_mask: ``(B, S, H, W)`` bool fixed keep mask (every query keeps a slot), or ``None``.
         tau: temperature τ of the straight-through estimator.
         st: give the keep logits the straight-through gradient (else 0).
+        st_log_clamp: the clamp of ``log r_s`` in that gradient (``ACLA``'s ``ST_LOG_CLAMP``).
 
     Returns:
         ``(out, weights, keep)``: ``(B, H, W, C)``, ``(B, S, H, W)`` (both in
@@ -343,7 +343,7 @@ def attend(q: Tensor, values: Tensor, keys: Sequence[int], *, adaptive: bool,
             shapes that do not fit (the kernel's message).
     """
     out, weights, keep = _attend(q, values, noise, key_mask, bool(adaptive),
-                                 [int(k) for k in keys], float(tau), bool(st))
+                                 [int(k) for k in keys], float(tau), bool(st), float(st_log_clamp))
     return out, weights, (keep if adaptive or key_mask is not None else None)
 
 
