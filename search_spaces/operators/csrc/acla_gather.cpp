@@ -38,6 +38,7 @@ struct Corners {
   scalar_t cw[4];
   scalar_t fx, fy;
   bool any;
+  bool all;  // all 4 corners on the map (the common case: no per-corner test)
 };
 
 // The sample point of query pixel (i, j) with offset (dx, dy) in a W x H map. fx, fy come from the
@@ -67,6 +68,7 @@ inline Corners<scalar_t> corners(int64_t i, int64_t j, scalar_t dx, scalar_t dy,
   k.off[2] = (yin1 && xin0) ? ((y0 + 1) * W + x0) * C : -1;
   k.off[3] = (yin1 && xin1) ? ((y0 + 1) * W + x0 + 1) * C : -1;
   k.any = true;
+  k.all = xin0 && xin1 && yin0 && yin1;
   return k;
 }
 
@@ -227,8 +229,12 @@ inline int64_t gather_query(const Geometry& g, const scalar_t* __restrict__ V, i
     if (!k.any || a == 0) continue;
     ++count;
     const scalar_t* __restrict__ v = V + ref[s] * g.ref_stride + b * g.plane_stride;
-    for (int q = 0; q < 4; ++q) {
-      if (k.off[q] >= 0) acc.add(q & 1, v + k.off[q], a * k.cw[q]);
+    if (k.all) {
+      for (int q = 0; q < 4; ++q) acc.add(q & 1, v + k.off[q], a * k.cw[q]);
+    } else {
+      for (int q = 0; q < 4; ++q) {
+        if (k.off[q] >= 0) acc.add(q & 1, v + k.off[q], a * k.cw[q]);
+      }
     }
   }
   acc.store();
@@ -264,9 +270,15 @@ inline int64_t grad_query(const Geometry& g, const scalar_t* __restrict__ V, int
     if constexpr (std::is_same<scalar_t, float>::value && kC > 0 && kC % Vec<scalar_t>::kLanes == 0 &&
                   Vec<scalar_t>::kLanes == 8) {
       typename Vec<scalar_t>::type acc[4] = {};
-      for (int q = 0; q < 4; ++q) {
-        if (k.off[q] < 0) continue;
-        acc[q] = dot_lanes<scalar_t, kC>(gq, v + k.off[q], gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
+      if (k.all) {
+        for (int q = 0; q < 4; ++q) {
+          acc[q] = dot_lanes<scalar_t, kC>(gq, v + k.off[q], gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
+        }
+      } else {
+        for (int q = 0; q < 4; ++q) {
+          if (k.off[q] < 0) continue;
+          acc[q] = dot_lanes<scalar_t, kC>(gq, v + k.off[q], gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
+        }
       }
       hsum4(acc[0], acc[1], acc[2], acc[3], d);
     } else {
