@@ -17,18 +17,32 @@ the engine and never import data I/O.
 
 __version__ = "0.2.0"
 
-from nas.config import Config, check_config, load_config  # noqa: E402
-from nas.engine.archspec import ArchSpec, build_model, load_archspec, load_weights  # noqa: E402
-from nas.engine.flops import CostModel, measure_flops, measure_network_flops  # noqa: E402
-from nas.engine.retrain import retrain  # noqa: E402
-from nas.engine.supernet import Supernet  # noqa: E402
-from nas.engine.supernet_search import SupernetSearch  # noqa: E402
-from nas.errors import DivergedError, UsageError  # noqa: E402
-from nas.restoration.evaluate import evaluate_sets  # noqa: E402
-from nas.restoration.task import Task  # noqa: E402
+import importlib
 
-__all__ = [
-    "ArchSpec", "Config", "CostModel", "DivergedError", "Supernet", "SupernetSearch", "Task",
-    "UsageError", "__version__", "build_model", "check_config", "evaluate_sets", "load_archspec",
-    "load_config", "load_weights", "measure_flops", "measure_network_flops", "retrain",
-]
+# The public names, imported on first use (PEP 562): ``import nas`` stays light, and the model
+# packages (search_spaces, backbones), which import nas.registry, can be imported first without
+# a cycle through nas.engine.
+_EXPORTS = {
+    "Config": "nas.config", "check_config": "nas.config", "load_config": "nas.config",
+    "ArchSpec": "nas.engine.archspec", "build_model": "nas.engine.archspec",
+    "load_archspec": "nas.engine.archspec", "load_weights": "nas.engine.archspec",
+    "CostModel": "nas.engine.flops", "measure_flops": "nas.engine.flops",
+    "measure_network_flops": "nas.engine.flops", "retrain": "nas.engine.retrain",
+    "Supernet": "nas.engine.supernet", "SupernetSearch": "nas.engine.supernet_search",
+    "DivergedError": "nas.errors", "UsageError": "nas.errors",
+    "evaluate_sets": "nas.restoration.evaluate", "Task": "nas.restoration.task",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nas' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -61,10 +61,11 @@ def test_acla_breakdown(tmp_path):
         "--repeats", "1", "--warmup", "1", "--out", str(tmp_path))
     table = rows(tmp_path / "acla_breakdown.csv")
     pieces = {(r["piece"], r["sampler"]) for r in table}
-    paths = {r["sampler"] for r in table if r["piece"] == "gather"}
+    paths = {r["sampler"] for r in table if r["piece"] == "module_train"}
     assert "sparse" in paths and len(paths) == len({"sparse", table[0]["sampler"]})
-    assert pieces == {(p, s) for p in ("module_train", "module_eval", "gather") for s in paths} | {
-        (p, "") for p in ("query_conv", "masked_softmax_st", "keep_mask", "projections")}
+    per_path = {"sparse": ("gather", "masked_softmax_st", "keep_mask"), "fused": ("attend_core",)}
+    assert pieces == {(p, s) for s in paths for p in ("module_train", "module_eval", *per_path[s])} | {
+        (p, "") for p in ("query_conv", "noise", "projections")}
     assert float(table[0]["share_of_module"]) == 1.0 and table[0]["piece"] == "module_train"
     assert all(float(r["ms"]) > 0 for r in table)
 

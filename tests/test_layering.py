@@ -5,7 +5,8 @@
 * no module imports a private name from another module; the command line loads its commands
   statically (no importlib) and nothing outside it imports it; adapters are imported by nobody;
 * no file of ``nas/`` is longer than 500 lines; every ``docs/...`` a docstring cites exists, and
-  no docstring cites the steering documents (design.md, papers.md) outside the repository.
+  no docstring cites the steering documents (design.md, papers.md) outside the repository;
+* every package can be imported first in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -146,3 +147,15 @@ def test_public_definitions_have_docstrings():
                                 and not ast.get_docstring(sub):
                             missing.append(f"{module_name(path)}.{node.name}.{sub.name}")
     assert not missing, f"{len(missing)} public definitions without a docstring: {missing[:20]}"
+
+
+@pytest.mark.parametrize("package", ["search_spaces", "search_spaces.operators", "backbones", "nas"])
+def test_each_package_imports_first(package):
+    """A fresh interpreter can import any package first (no import cycle through nas's own
+    __init__: its public names load on first use)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {package}"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]

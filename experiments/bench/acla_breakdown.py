@@ -10,12 +10,19 @@ share_of_module``):
   mask, straight-through gradient: the weight step) and in eval mode with input gradients (the
   alpha step); ``share_of_module`` is relative to ``module_train`` on the first path of
   ``--samplers`` (default ``auto`` - the fused kernel on the CPU - and ``sparse``);
-* ``gather``: the value projection and the sampling and weighted sum (``ACLA._aggregate`` on the
-  row's path, with the probe of dropped pairs), forward + backward w.r.t. the reference, offsets
-  and weights;
-* ``query_conv``: the 1x1 convolution of the queries (offsets, logits, keep logits) and its split;
-* ``masked_softmax_st``: the softmax over the kept slots with its straight-through gradient;
-* ``keep_mask``: the logistic noise and the hard keep decision (no gradient);
+* ``attend_core`` (fused path): the fused kernel's whole core
+  (:func:`search_spaces.operators.acla_fused.attend`: keep decision, softmax over the kept slots
+  with its straight-through gradient, sampling and weighted sum), forward + backward w.r.t. the
+  query conv's output and the projected values;
+* ``gather`` (sparse path): the value projection and the sampling and weighted sum
+  (``ACLA._aggregate``, with the probe of dropped pairs), forward + backward w.r.t. the
+  reference, offsets and weights;
+* ``query_conv``: the 1x1 convolution of the queries (offsets, logits, keep logits);
+* ``masked_softmax_st`` (sparse path): the softmax over the kept slots with its straight-through
+  gradient (inside ``attend_core`` on the fused path);
+* ``keep_mask`` (sparse path): the logistic noise and the hard keep decision (no gradient);
+* ``noise``: the logistic noise alone (the fused path's only piece of the keep decision outside
+  the kernel);
 * ``projections``: the value projection of the reference and the output projection (matmuls on
   channels-last views) with the residual addition (the value projection is also inside
   ``gather``).
@@ -44,7 +51,8 @@ if str(ROOT) not in sys.path:
 
 from nas.timing import interleaved_ms, write_csv  # noqa: E402
 from search_spaces.operators import ACLA  # noqa: E402
-from search_spaces.operators.acla import _MaskedSoftmaxST  # noqa: E402
+from search_spaces.operators.acla import ST_LOG_CLAMP, _MaskedSoftmaxST  # noqa: E402
+from search_spaces.operators.acla_fused import attend  # noqa: E402
 
 COLUMNS = ["piece", "sampler", "device", "ms", "share_of_module"]
 
@@ -82,10 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     r = torch.randn_like(x).requires_grad_(True)
     ranges = m._slot_ranges(m.keys)
     with torch.no_grad():  # the module's own intermediate tensors, one training forward
+        q = m._query_conv(x, ranges)
         dx, dy, logits, mask_logits = m._query(x, ranges)
         keep, score = m._keep_mask(mask_logits)
         weights = torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=1)
+        values = m._values([r])[0].unsqueeze(0)
+        noise = m._noise(mask_logits)
     dx_l, dy_l, w_l, logits_l, score_l = (leaf(t) for t in (dx, dy, weights, logits, score))
+    q_l, values_l = leaf(q), leaf(values)
+    g_out = torch.randn(args.batch, args.size, args.size, c)
 
     def module(train: bool, path: str):
         def step() -> None:
@@ -103,9 +116,15 @@ def main(argv: list[str] | None = None) -> int:
             m._aggregate([r], [k], dx_l, dy_l, w_l, keep, True).sum().backward()
         return step
 
+    def attend_core() -> None:
+        q_l.grad = values_l.grad = None
+        out, _, _ = attend(q_l, values_l, [k], adaptive=True, noise=noise, tau=m.tau, st=True,
+                           st_log_clamp=ST_LOG_CLAMP)
+        out.backward(g_out)
+
     def query_conv() -> None:
         m.zero_grad(set_to_none=True)
-        sum(t.sum() for t in m._query(x, ranges) if t is not None).backward()
+        m._query_conv(x, ranges).sum().backward()
 
     def masked_softmax_st() -> None:
         logits_l.grad = score_l.grad = None
@@ -114,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     def keep_mask() -> None:
         m.train()
         m._keep_mask(mask_logits)
+
+    def noise_piece() -> None:
+        m._noise(mask_logits)
 
     agg = leaf(torch.randn(args.batch, args.size, args.size, c))
 
@@ -128,9 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:  # the pieces that depend on the path, once per path
         steps[("module_train", path)] = module(True, path)
         steps[("module_eval", path)] = module(False, path)
-        steps[("gather", path)] = gather(path)
-    steps.update({("query_conv", ""): query_conv, ("masked_softmax_st", ""): masked_softmax_st,
-                  ("keep_mask", ""): keep_mask, ("projections", ""): projections})
+        if path == "fused":
+            steps[("attend_core", path)] = attend_core
+        else:
+            steps[("gather", path)] = gather(path)
+            steps[("masked_softmax_st", path)] = masked_softmax_st
+            steps[("keep_mask", path)] = keep_mask
+    steps.update({("query_conv", ""): query_conv, ("noise", ""): noise_piece,
+                  ("projections", ""): projections})
     times = interleaved_ms(steps, torch.device("cpu"), args.warmup, args.repeats)
     dev = f"cpu {torch.get_num_threads()} thread(s)"
     base = times[("module_train", paths[0])]
