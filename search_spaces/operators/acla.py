@@ -548,7 +548,9 @@ class ACLA(AttentionOp):
 
         Raises:
             ValueError: bad ``x``/``refs`` shapes or count, bad ``active_keys``, or a ``key_mask``
-                of the wrong shape/dtype or with a query that keeps no slot.
+                of the wrong shape/dtype or with a query that keeps no slot; an unknown
+                :attr:`sampler`.
+            RuntimeError: :attr:`sampler` ``"fused"`` off the CPU or without the kernel built.
         """
         refs = list(refs)
         self.check_inputs(x, refs)

@@ -316,13 +316,15 @@ def attend(q: Tensor, values: Tensor, keys: Sequence[int], *, adaptive: bool,
     is ``key_mask`` if given, else for an adaptive module ``score > 0`` or ``score`` equal to the
     query's largest (at least one key), else every slot; ``w = softmax`` of the logits over the
     kept slots (dropped slots weigh exactly 0); ``out = Σ_s w_s · Bilinear(V[l(s)], p + (dx_s,
-    dy_s))`` over the kept slots. The backward is that of ``ACLA``'s composite: the softmax's own
-    gradient for the logits and, when ``st``, the straight-through gradient of the keep logits
-    (``ACLA``'s ``_MaskedSoftmaxST``, which needs ``G · sample`` of dropped slots).
+    dy_s))`` over the kept slots. The backward is that of ``ACLA``'s composite on its other
+    paths: the softmax's own gradient for the logits and, when ``st``, the straight-through
+    gradient of the keep logits (see ``ACLA``; it needs ``G · sample`` of dropped slots, which the
+    backward probes); without ``st`` the keep logits get 0.
 
     Args:
-        q: ``(B, 3S, H, W)`` (``dx``, ``dy``, logits) or, ``adaptive``, ``(B, 4S, H, W)`` (then the
-            keep logits ``m``); float, last three dimensions contiguous or not.
+        q: the query convolution's output, ``(B, 3S, H, W)`` - channels ``2s, 2s + 1`` the offsets
+            ``dx``, ``dy`` of slot ``s`` in pixels, then the ``S`` logits - or, ``adaptive``,
+            ``(B, 4S, H, W)`` with the ``S`` keep logits ``m`` last; float.
         values: ``(L, B, H, W, C)`` value maps, channels last.
         keys: slot count per value map (each >= 1).
         adaptive: whether ``q`` carries keep logits.
