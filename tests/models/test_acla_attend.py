@@ -6,15 +6,13 @@ accuracy of the kernel's polynomial exp, the FLOP counter and argument errors.""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.engine.flops import EXTRA_FLOP_FORMULAS
 from search_spaces.operators.acla import ST_LOG_CLAMP, _MaskedSoftmaxST
-from search_spaces.operators.acla_fused import attend, fused_available
+from search_spaces.operators.acla_fused import attend
 from search_spaces.operators.acla_sampling import bilinear_gather, bordered, corner_plan, plan_stats
 
 B, H, W, C = 2, 5, 6, 3
@@ -22,11 +20,7 @@ KEYS = [3, 2]
 S = sum(KEYS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kernel():
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler: the fused kernel cannot be built here")
-    assert fused_available(), "a C++ compiler is present but the fused kernel did not build"
+pytestmark = pytest.mark.usefixtures("fused_kernel")
 
 
 def case(adaptive=True, dtype=torch.float64, seed=0, h=H, w=W, logit_scale=1.0, mask_shift=0.5):

@@ -5,8 +5,6 @@ other paths runs in test_acla_sampling.py (once per path)."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -23,11 +21,7 @@ KEYS = [3, 2]
 S = sum(KEYS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kernel():
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler: the fused kernel cannot be built here")
-    assert fused_available(), "a C++ compiler is present but the fused kernel did not build"
+pytestmark = pytest.mark.usefixtures("fused_kernel")
 
 
 def case(dtype=torch.float64, scale=3.0, seed=0, grad=True):

@@ -1,8 +1,11 @@
-// Fused bilinear sampling + weighted sum of ACLA (arXiv 2203.03619), CPU kernel.
+// ACLA's attention core (arXiv 2203.03619) as CPU kernels: deform_gather_* (the bilinear sampling
+// and weighted sum for given weights and keep mask) and attend_* (the keep decision and the
+// softmax over the kept slots too, from the query convolution's output; see the "attention core"
+// section). Both share the per-query loops gather_query / grad_query.
 //
 // out[b, i, j, :] = sum_s keep[b, s, i, j] * w[b, s, i, j] * Bilinear(V[ref(s), b], (j + dx, i + dy))
 //
-// values: (L, B, H, W, C) contiguous (channels last); dx, dy, w: (B, S, H, W) with the last three
+// deform_gather: values (L, B, H, W, C) contiguous (channels last); dx, dy, w: (B, S, H, W) with the last three
 // dimensions contiguous (any batch stride); keep: (B, S, H, W) bool of the same layout, or an
 // undefined tensor (every slot kept); keys: slots per value map (slot s reads map ref(s)). Bilinear
 // interpolation with pixel centres at integers and zero padding: a corner outside the map reads
