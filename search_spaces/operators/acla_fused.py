@@ -25,8 +25,9 @@ read and nothing else. Its backward walks them again: 4 dot products ``G · V[co
 give ``dL/dw``, ``dL/ddx`` and ``dL/ddy`` through the bilinear weights, and ``dL/dV`` is scattered
 back with the same coefficients (parallel over the batch, so no two threads write one map). It
 replaces, on the CPU, the path of :mod:`search_spaces.operators.acla_sampling` plus the keep and
-softmax operators (about 40 PyTorch operators per call, whose fixed costs dominate at
-restoration-patch sizes); both compute the same function.
+softmax operators (about 20 PyTorch operators for the gather and about 10 more for the keep
+decision and the softmax, whose fixed costs dominate at restoration-patch sizes); both compute
+the same function.
 
 The C++ source is compiled on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler
 and ninja are needed; about 15 s, cached in ``$TORCH_EXTENSIONS_DIR`` or
