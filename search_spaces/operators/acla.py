@@ -457,7 +457,7 @@ class ACLA(AttentionOp):
         used = [(r, k) for r, k in zip(refs, active) if k > 0]
         vals = self._values([r for r, _ in used])
         values = vals[0].unsqueeze(0) if len(vals) == 1 else torch.stack(vals)
-        adaptive = self.conv_mask is not None
+        adaptive = self.adaptive
         s = sum(active)
         noise = None
         if adaptive and key_mask is None and self.training:

@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from nas.engine.flops import EXTRA_FLOP_FORMULAS
 from search_spaces.operators.acla import ST_LOG_CLAMP, _MaskedSoftmaxST
 from search_spaces.operators.acla_fused import attend
-from search_spaces.operators.acla_sampling import bilinear_gather, bordered, corner_plan, plan_stats
+from search_spaces.operators.acla_sampling import corner_plan, plan_stats
+from tests.models.acla_paths import sparse_gather
 
 B, H, W, C = 2, 5, 6, 3
 KEYS = [3, 2]
@@ -61,15 +62,7 @@ def composite(q, maps, adaptive, noise, key_mask, tau, st):
     else:
         masked = logits if keep is None else logits.masked_fill(~keep, float("-inf"))
         weights = torch.softmax(masked, dim=1)
-
-    def slot_last(t):
-        return t.permute(0, 2, 3, 1)
-
-    base, fx, fy, inside = corner_plan(slot_last(dx), slot_last(dy), KEYS, q.dtype)
-    sampled = inside if keep is None else slot_last(keep) & inside
-    out = bilinear_gather(bordered(list(maps)), base, fx, fy, slot_last(weights).contiguous(),
-                          sampled, st)
-    return out, weights, keep
+    return sparse_gather(maps, dx, dy, weights, keep, KEYS, st), weights, keep
 
 
 def run(fn, q, maps, g_out, g_w, **kw):

@@ -14,7 +14,8 @@ from nas.engine.flops import EXTRA_FLOP_FORMULAS, measure_flops
 from search_spaces.operators import ACLA
 from search_spaces.operators import acla_fused as fused
 from search_spaces.operators.acla_fused import deform_gather, deform_gather_flop, fused_available
-from search_spaces.operators.acla_sampling import bilinear_gather, bordered, corner_plan, plan_stats
+from search_spaces.operators.acla_sampling import corner_plan, plan_stats
+from tests.models.acla_paths import sparse_gather
 
 B, H, W, C = 2, 5, 6, 3
 KEYS = [3, 2]
@@ -40,24 +41,13 @@ def case(dtype=torch.float64, scale=3.0, seed=0, grad=True):
     return maps, dx, dy, w, keep
 
 
-def sparse_path(maps, dx, dy, w, keep, probe):
-    """The same function by the sparse path: corner_plan + bilinear_gather on slot-last tensors."""
-    def slot_last(t):
-        return t.permute(0, 2, 3, 1)
-
-    base, fx, fy, inside = corner_plan(slot_last(dx), slot_last(dy), KEYS, dx.dtype)
-    sampled = inside if keep is None else slot_last(keep) & inside
-    out = bilinear_gather(bordered(maps), base, fx, fy, slot_last(w).contiguous(), sampled, probe)
-    return out
-
-
 @pytest.mark.parametrize("use_keep, probe", [(False, False), (True, False), (True, True)])
 def test_equals_sparse_path_float64(use_keep, probe):
     maps, dx, dy, w, keep = case()
     keep = keep if use_keep else None
     if keep is not None:  # dropped pairs weigh 0, as in ACLA (the sparse path's probe also
         w = (w * keep).detach().requires_grad_(True)  # gives them a dx/dy gradient otherwise)
-    ref = sparse_path(maps, dx, dy, w, keep, probe)
+    ref = sparse_gather(maps, dx, dy, w, keep, KEYS, probe)
     out = deform_gather(torch.stack(maps), dx, dy, w, keep, KEYS, probe)
     assert out.shape == (B, H, W, C) and out.dtype == torch.float64
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)

@@ -134,42 +134,37 @@ struct Accumulator {
   }
 };
 
-// x · y (length kC if kC > 0, else n); when `scatter` is given, also scatter += coef * x in the
-// same pass.
+// The vector part of x · y (length kC if kC > 0, else n; the first n - n % kLanes elements), its
+// lanes not yet summed; when `scatter` is given, also scatter += coef * x there in the same pass.
+// grad_query sums four of them at once (hsum4).
 template <typename T, int kC>
-inline T dot(const T* __restrict__ x, const T* __restrict__ y, int64_t n, T* __restrict__ scatter = nullptr,
-             T coef = 0) {
+inline typename Vec<T>::type dot_lanes(const T* __restrict__ x, const T* __restrict__ y, int64_t n,
+                                       T* __restrict__ scatter, T coef) {
   using V = Vec<T>;
   if (kC > 0) n = kC;
   typename V::type acc = {};
-  int64_t c = 0;
-  for (; c + V::kLanes <= n; c += V::kLanes) {
-    const typename V::type xv = V::load(x + c);
-    acc += xv * V::load(y + c);
-    if (scatter != nullptr) V::store(scatter + c, V::load(scatter + c) + coef * xv);
-  }
-  T out = 0;
-  for (int u = 0; u < V::kLanes; ++u) out += acc[u];
-  for (; c < n; ++c) {
-    out += x[c] * y[c];
-    if (scatter != nullptr) scatter[c] += coef * x[c];
-  }
-  return out;
-}
-
-// The unreduced products of x · y (length kC, a multiple of the lane count), with the scatter of
-// dot(); the caller reduces four of them at once (hsum4).
-template <typename T, int kC>
-inline typename Vec<T>::type dot_lanes(const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ scatter,
-                                       T coef) {
-  using V = Vec<T>;
-  typename V::type acc = {};
-  for (int c = 0; c < kC; c += V::kLanes) {
+  for (int64_t c = 0; c + V::kLanes <= n; c += V::kLanes) {
     const typename V::type xv = V::load(x + c);
     acc += xv * V::load(y + c);
     if (scatter != nullptr) V::store(scatter + c, V::load(scatter + c) + coef * xv);
   }
   return acc;
+}
+
+// x · y (length kC if kC > 0, else n), with the scatter of dot_lanes over every element.
+template <typename T, int kC>
+inline T dot(const T* __restrict__ x, const T* __restrict__ y, int64_t n, T* __restrict__ scatter = nullptr,
+             T coef = 0) {
+  using V = Vec<T>;
+  if (kC > 0) n = kC;
+  const typename V::type acc = dot_lanes<T, kC>(x, y, n, scatter, coef);
+  T out = 0;
+  for (int u = 0; u < V::kLanes; ++u) out += acc[u];
+  for (int64_t c = n - n % V::kLanes; c < n; ++c) {
+    out += x[c] * y[c];
+    if (scatter != nullptr) scatter[c] += coef * x[c];
+  }
+  return out;
 }
 
 // The four horizontal sums of a, b, c, d (8 lanes each) by transposing shuffles: 6 shuffles and
@@ -195,17 +190,23 @@ inline void with_channels(int64_t C, F&& f) {
   }
 }
 
-Geometry geometry(const at::Tensor& values, const at::Tensor& dx, const at::Tensor& dy, const at::Tensor& w,
-                  const at::Tensor& keep) {
-  Geometry g;
+// The value maps' geometry with S slots (the batch strides of the per-slot tensors left 0).
+Geometry value_geometry(const at::Tensor& values, int64_t S) {
+  Geometry g{};
   g.L = values.size(0);
   g.B = values.size(1);
   g.H = values.size(2);
   g.W = values.size(3);
   g.C = values.size(4);
-  g.S = w.size(1);
+  g.S = S;
   g.plane_stride = g.H * g.W * g.C;
   g.ref_stride = g.B * g.plane_stride;
+  return g;
+}
+
+Geometry geometry(const at::Tensor& values, const at::Tensor& dx, const at::Tensor& dy, const at::Tensor& w,
+                  const at::Tensor& keep) {
+  Geometry g = value_geometry(values, w.size(1));
   g.x_bstride = dx.stride(0);
   g.y_bstride = dy.stride(0);
   g.w_bstride = w.stride(0);
@@ -275,12 +276,12 @@ inline int64_t grad_query(const Geometry& g, const scalar_t* __restrict__ V, int
       typename Vec<scalar_t>::type acc[4] = {};
       if (k.all) {
         for (int q = 0; q < 4; ++q) {
-          acc[q] = dot_lanes<scalar_t, kC>(gq, v + k.off[q], gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
+          acc[q] = dot_lanes<scalar_t, kC>(gq, v + k.off[q], C, gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
         }
       } else {
         for (int q = 0; q < 4; ++q) {
           if (k.off[q] < 0) continue;
-          acc[q] = dot_lanes<scalar_t, kC>(gq, v + k.off[q], gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
+          acc[q] = dot_lanes<scalar_t, kC>(gq, v + k.off[q], C, gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
         }
       }
       hsum4(acc[0], acc[1], acc[2], acc[3], d);
@@ -404,6 +405,45 @@ inline float vexp<float>(float x) {
   return x < -87.3f ? 0.0f : (x != x ? x : e);
 }
 
+// The softmax terms of the W queries of one row over their kept slots (k8 null: every slot),
+// vectorised over the row: mx[j] the largest kept logit, z[j] = sum_s exp(l_s - mx[j]) over the
+// kept slots, and with kStore the terms themselves in e[s * HW + j] (0 for dropped slots). The
+// forward's softmax and the backward's logsumexp (straight-through term) both use it.
+template <typename scalar_t, bool kStore>
+void softmax_terms_row(int64_t S, int64_t HW, int64_t W, const scalar_t* __restrict__ lq,
+                       const uint8_t* __restrict__ k8, scalar_t* __restrict__ e, scalar_t* __restrict__ mx,
+                       scalar_t* __restrict__ z) {
+  std::fill(mx, mx + W, -std::numeric_limits<scalar_t>::infinity());
+  std::fill(z, z + W, scalar_t(0));
+  for (int64_t s = 0; s < S; ++s) {
+    const scalar_t* __restrict__ l = lq + s * HW;
+    if (k8 == nullptr) {
+      for (int64_t j = 0; j < W; ++j) mx[j] = l[j] > mx[j] ? l[j] : mx[j];
+    } else {
+      const uint8_t* __restrict__ ks = k8 + s * HW;
+      for (int64_t j = 0; j < W; ++j) mx[j] = (ks[j] != 0 && l[j] > mx[j]) ? l[j] : mx[j];
+    }
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    const scalar_t* __restrict__ l = lq + s * HW;
+    scalar_t* __restrict__ es = kStore ? e + s * HW : nullptr;
+    if (k8 == nullptr) {
+      for (int64_t j = 0; j < W; ++j) {
+        const scalar_t t = vexp(l[j] - mx[j]);
+        if (kStore) es[j] = t;
+        z[j] += t;
+      }
+    } else {
+      const uint8_t* __restrict__ ks = k8 + s * HW;
+      for (int64_t j = 0; j < W; ++j) {
+        const scalar_t t = ks[j] != 0 ? vexp(l[j] - mx[j]) : scalar_t(0);  // dropped: 0
+        if (kStore) es[j] = t;
+        z[j] += t;
+      }
+    }
+  }
+}
+
 // Keep flags and softmax weights of the W queries of one row (b, i), vectorised over the row.
 // Slot s of every per-slot pointer is at [s * HW + j]; k is written when the module has a keep
 // mask (k != nullptr); mx and z are scratch rows of length W.
@@ -434,34 +474,7 @@ void keep_softmax_row(int64_t S, int64_t HW, int64_t W, const scalar_t* __restri
       for (int64_t j = 0; j < W; ++j) ks[j] = static_cast<uint8_t>((sc[j] > 0) | (sc[j] == mx[j]));
     }
   }
-  std::fill(mx, mx + W, -inf);
-  std::fill(z, z + W, scalar_t(0));
-  for (int64_t s = 0; s < S; ++s) {
-    const scalar_t* __restrict__ l = lq + s * HW;
-    if (k == nullptr) {
-      for (int64_t j = 0; j < W; ++j) mx[j] = l[j] > mx[j] ? l[j] : mx[j];
-    } else {
-      const uint8_t* __restrict__ ks = k8 + s * HW;
-      for (int64_t j = 0; j < W; ++j) mx[j] = (ks[j] != 0 && l[j] > mx[j]) ? l[j] : mx[j];
-    }
-  }
-  for (int64_t s = 0; s < S; ++s) {
-    const scalar_t* __restrict__ l = lq + s * HW;
-    scalar_t* __restrict__ ws = w + s * HW;
-    if (k == nullptr) {
-      for (int64_t j = 0; j < W; ++j) {
-        ws[j] = vexp(l[j] - mx[j]);
-        z[j] += ws[j];
-      }
-    } else {
-      const uint8_t* __restrict__ ks = k8 + s * HW;
-      for (int64_t j = 0; j < W; ++j) {
-        const scalar_t e = vexp(l[j] - mx[j]);  // -inf - max for dropped: 0 either way
-        ws[j] = ks[j] != 0 ? e : scalar_t(0);
-        z[j] += ws[j];
-      }
-    }
-  }
+  softmax_terms_row<scalar_t, true>(S, HW, W, lq, k8, w, mx, z);
   for (int64_t s = 0; s < S; ++s) {
     scalar_t* __restrict__ ws = w + s * HW;
     for (int64_t j = 0; j < W; ++j) ws[j] /= z[j];
@@ -548,22 +561,7 @@ int64_t core_backward_kernel(const Geometry& g, const Core& c, const scalar_t* _
         }
         if (st) {  // lse over the kept logits, then dL/dm; before ga is overwritten
           const scalar_t* __restrict__ lq = qb + 2 * S * HW;
-          std::fill(mx, mx + W, -std::numeric_limits<scalar_t>::infinity());
-          std::fill(z, z + W, scalar_t(0));
-          const uint8_t* __restrict__ k8 = reinterpret_cast<const uint8_t*>(kr);
-          for (int64_t s = 0; s < S; ++s) {
-            const scalar_t* __restrict__ l = lq + s * HW;
-            const uint8_t* __restrict__ ks = k8 + s * HW;
-            for (int64_t j = 0; j < W; ++j) mx[j] = (ks[j] != 0 && l[j] > mx[j]) ? l[j] : mx[j];
-          }
-          for (int64_t s = 0; s < S; ++s) {
-            const scalar_t* __restrict__ l = lq + s * HW;
-            const uint8_t* __restrict__ ks = k8 + s * HW;
-            for (int64_t j = 0; j < W; ++j) {
-              const scalar_t e = vexp(l[j] - mx[j]);
-              z[j] += ks[j] != 0 ? e : scalar_t(0);
-            }
-          }
+          softmax_terms_row<scalar_t, false>(S, HW, W, lq, reinterpret_cast<const uint8_t*>(kr), nullptr, mx, z);
           for (int64_t j = 0; j < W; ++j) mx[j] += std::log(z[j]);  // mx: lse
           for (int64_t s = 0; s < S; ++s) {
             const scalar_t* __restrict__ m = qb + (3 * S + s) * HW;
@@ -593,10 +591,14 @@ int64_t core_backward_kernel(const Geometry& g, const Core& c, const scalar_t* _
 
 // The layout the kernels index: contiguous channels-last values, per-slot tensors whose last three
 // dimensions are contiguous, one floating dtype, CPU.
-void check(const at::Tensor& values, const at::Tensor& dx, const at::Tensor& dy, const at::Tensor& w,
-           const at::Tensor& keep) {
+void check_values(const at::Tensor& values) {
   TORCH_CHECK(values.device().is_cpu() && values.dim() == 5 && values.is_contiguous(),
               "values must be a contiguous (L, B, H, W, C) CPU tensor");
+}
+
+void check(const at::Tensor& values, const at::Tensor& dx, const at::Tensor& dy, const at::Tensor& w,
+           const at::Tensor& keep) {
+  check_values(values);
   const int64_t B = values.size(1), H = values.size(2), W = values.size(3);
   for (const at::Tensor* t : {&dx, &dy, &w, &keep}) {
     if (!t->defined()) continue;
@@ -680,8 +682,7 @@ namespace {
 // The checks of the core's arguments; returns the slot count S = sum(keys).
 int64_t check_core(const at::Tensor& q, const at::Tensor& values, const c10::optional<at::Tensor>& noise,
                    const c10::optional<at::Tensor>& key_mask, bool adaptive, at::IntArrayRef keys) {
-  TORCH_CHECK(values.device().is_cpu() && values.dim() == 5 && values.is_contiguous(),
-              "values must be a contiguous (L, B, H, W, C) CPU tensor");
+  check_values(values);
   int64_t S = 0;
   for (auto k : keys) S += k;
   TORCH_CHECK(static_cast<int64_t>(keys.size()) == values.size(0), "one key count per value map");
@@ -702,19 +703,6 @@ int64_t check_core(const at::Tensor& q, const at::Tensor& values, const c10::opt
   return S;
 }
 
-Geometry core_geometry(const at::Tensor& values, int64_t S) {
-  Geometry g{};
-  g.L = values.size(0);
-  g.B = values.size(1);
-  g.H = values.size(2);
-  g.W = values.size(3);
-  g.C = values.size(4);
-  g.S = S;
-  g.plane_stride = g.H * g.W * g.C;
-  g.ref_stride = g.B * g.plane_stride;
-  return g;
-}
-
 const void* opt_ptr(const c10::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr() : nullptr;
 }
@@ -727,7 +715,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> attend_forward(
     const at::Tensor& q, const at::Tensor& values, const c10::optional<at::Tensor>& noise,
     const c10::optional<at::Tensor>& key_mask, bool adaptive, at::IntArrayRef keys) {
   const int64_t S = check_core(q, values, noise, key_mask, adaptive, keys);
-  const Geometry g = core_geometry(values, S);
+  const Geometry g = value_geometry(values, S);
   const auto ref = slot_refs(keys);
   const Core c{q.data_ptr(), q.stride(0), opt_ptr(noise), static_cast<const bool*>(opt_ptr(key_mask)),
                adaptive};
@@ -755,7 +743,7 @@ std::tuple<at::Tensor, at::Tensor, int64_t> attend_backward(
     const at::Tensor& keep, bool adaptive, at::IntArrayRef keys, bool st, double tau, double clamp,
     bool need_values) {
   const int64_t S = check_core(q, values, noise, c10::nullopt, adaptive, keys);
-  const Geometry g = core_geometry(values, S);
+  const Geometry g = value_geometry(values, S);
   TORCH_CHECK(grad.is_contiguous() && grad.scalar_type() == values.scalar_type() && grad.dim() == 4,
               "grad must be contiguous (B, H, W, C) of the values' dtype");
   TORCH_CHECK(weights.is_contiguous() && weights.scalar_type() == values.scalar_type() &&
