@@ -233,12 +233,8 @@ inline int64_t gather_query(const Geometry& g, const scalar_t* __restrict__ V, i
     if (!k.any || a == 0) continue;
     ++count;
     const scalar_t* __restrict__ v = V + ref[s] * g.ref_stride + b * g.plane_stride;
-    if (k.all) {
-      for (int q = 0; q < 4; ++q) acc.add(q & 1, v + k.off[q], a * k.cw[q]);
-    } else {
-      for (int q = 0; q < 4; ++q) {
-        if (k.off[q] >= 0) acc.add(q & 1, v + k.off[q], a * k.cw[q]);
-      }
+    for (int q = 0; q < 4; ++q) {
+      if (k.all || k.off[q] >= 0) acc.add(q & 1, v + k.off[q], a * k.cw[q]);
     }
   }
   acc.store();
@@ -274,15 +270,9 @@ inline int64_t grad_query(const Geometry& g, const scalar_t* __restrict__ V, int
     if constexpr (std::is_same<scalar_t, float>::value && kC > 0 && kC % Vec<scalar_t>::kLanes == 0 &&
                   Vec<scalar_t>::kLanes == 8) {
       typename Vec<scalar_t>::type acc[4] = {};
-      if (k.all) {
-        for (int q = 0; q < 4; ++q) {
-          acc[q] = dot_lanes<scalar_t, kC>(gq, v + k.off[q], C, gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
-        }
-      } else {
-        for (int q = 0; q < 4; ++q) {
-          if (k.off[q] < 0) continue;
-          acc[q] = dot_lanes<scalar_t, kC>(gq, v + k.off[q], C, gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
-        }
+      for (int q = 0; q < 4; ++q) {
+        if (!k.all && k.off[q] < 0) continue;
+        acc[q] = dot_lanes<scalar_t, kC>(gq, v + k.off[q], C, gv == nullptr ? nullptr : gv + k.off[q], a * k.cw[q]);
       }
       hsum4(acc[0], acc[1], acc[2], acc[3], d);
     } else {
