@@ -53,7 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nas.restoration.task import Task
 from search_spaces.operators import OPERATORS
 from search_spaces.operators.acla_fused import deform_gather_flop
-from search_spaces.operators.acla_sampling import bilinear_gather_flop
+from search_spaces.operators.acla_sampling import bilinear_gather_flop, gather_flops
 from search_spaces.space import SKIP, SearchSpace
 
 aten = torch.ops.aten
@@ -75,12 +75,11 @@ def _softmax_flop(input_shape, *args, out_shape=None, **kwargs) -> int:
 def _acla_attend_flop(q_shape, values_shape, noise_shape, key_mask_shape, adaptive, keys, *args,
                       out_shape=None, **kwargs) -> int:
     """``acla_nas::attend`` (ACLA's fused core): its masked softmax over ``B·S·H·W`` logits, as
-    ``aten._softmax`` counts it, plus its sampling and weighted sum, as
-    :func:`~search_spaces.operators.acla_fused.deform_gather_flop` counts them (every slot)."""
-    _, b, h, w, _ = values_shape
+    ``aten._softmax`` counts it, plus its sampling and weighted sum of every slot, as every
+    gather kernel counts them (:func:`~search_spaces.operators.acla_sampling.gather_flops`)."""
+    _, b, h, w, c = values_shape
     s = sum(keys)
-    return (SOFTMAX_FLOPS_PER_ELEMENT * b * s * h * w
-            + deform_gather_flop(values_shape, None, None, (b, s, h, w)))
+    return SOFTMAX_FLOPS_PER_ELEMENT * b * s * h * w + gather_flops(b, h, w, s, c)
 
 
 def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

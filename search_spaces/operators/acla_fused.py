@@ -244,10 +244,6 @@ def deform_gather(values: Tensor, dx: Tensor, dy: Tensor, weights: Tensor,
 
 
 # ------------------------------------------------------------------------ the attention core
-def _core_dtype(q: Tensor, values: Tensor) -> torch.dtype:
-    return gather_dtype(values, q, q)
-
-
 def _opt(t: Tensor | None, dt: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dt).contiguous()
 
@@ -260,7 +256,7 @@ def _attend(q: Tensor, values: Tensor, noise: Tensor | None, key_mask: Tensor | 
         raise RuntimeError("acla_nas::attend runs on the CPU with the fused kernel built "
                            "(fused_available()); use the sparse path otherwise")
     with torch.autocast("cpu", enabled=False):
-        dt = _core_dtype(q, values)
+        dt = gather_dtype(values, q)
         out, weights, keep, sampled = torch.ops.acla_nas_cpu.attend_forward(
             _slots(q, dt), values.to(dt).contiguous(), _opt(noise, dt), _opt(key_mask, torch.bool),
             adaptive, list(keys))
@@ -272,7 +268,7 @@ def _attend(q: Tensor, values: Tensor, noise: Tensor | None, key_mask: Tensor | 
 def _(q, values, noise, key_mask, adaptive, keys, tau, st, st_log_clamp):
     _, b, h, w, c = values.shape
     s = sum(keys)
-    dt = _core_dtype(q, values)
+    dt = gather_dtype(values, q)
     keep = (b, s, h, w) if adaptive or key_mask is not None else (0,)
     return (values.new_empty((b, h, w, c), dtype=dt), values.new_empty((b, s, h, w), dtype=dt),
             values.new_empty(keep, dtype=torch.bool))
