@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.operators.acla_fused import attend as fused_attend
+from search_spaces.operators.acla_fused import block as fused_block
 from search_spaces.operators.acla_fused import fused_available
 from search_spaces.operators.acla_sampling import bilinear_gather, bordered, corner_plan
 from search_spaces.operators.base import (
@@ -382,8 +383,13 @@ class ACLA(AttentionOp):
         """One 1x1 conv of the queries (the per-slot rows of ``conv_offset``, ``conv_logit`` and
         ``conv_mask`` concatenated): ``(B, 3S, H, W)`` - channels ``2s`` and ``2s + 1`` the
         offsets ``dx``, ``dy`` of slot ``s`` (``conv_offset``'s own order), then the ``S``
-        logits - or ``(B, 4S, H, W)`` with the ``S`` keep logits last for an adaptive module.
-        Adjacent ranges are merged, so with every slot active the weights are not sliced."""
+        logits - or ``(B, 4S, H, W)`` with the ``S`` keep logits last for an adaptive module."""
+        weight, bias = self._query_weights(ranges)
+        return F.conv2d(x, weight, bias)
+
+    def _query_weights(self, ranges: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight ``(Qc, C, 1, 1)`` and bias ``(Qc,)`` of :meth:`_query_conv`. Adjacent ranges
+        are merged, so with every slot active the weights are not sliced."""
         merged: list[list[int]] = []
         for a, b in ranges:
             if merged and merged[-1][1] == a:
@@ -399,7 +405,7 @@ class ACLA(AttentionOp):
             else:
                 ws += [conv.weight[rows * a:rows * b] for a, b in merged]
                 bs += [conv.bias[rows * a:rows * b] for a, b in merged]
-        return F.conv2d(x, torch.cat(ws), torch.cat(bs))
+        return torch.cat(ws), torch.cat(bs)
 
     def _query(self, x: torch.Tensor, ranges: list[tuple[int, int]]):
         """:meth:`_query_conv` as views ``(dx, dy, logits, mask_logits)``, each ``(B, S, H, W)``
@@ -468,6 +474,38 @@ class ACLA(AttentionOp):
                                           st_log_clamp=ST_LOG_CLAMP)
         return ACLAOutput(out.permute(0, 3, 1, 2).to(x.dtype), weights, keep)
 
+    def _block_ok(self, x: torch.Tensor, refs: Sequence[torch.Tensor]) -> bool:
+        """Whether :meth:`forward` runs as one :func:`~search_spaces.operators.acla_fused.block`:
+        the fused path, with ``x``, the references and the weights in one dtype, float32 or
+        float64, outside CPU autocast (else the composite of :meth:`attend` and the
+        projection)."""
+        if self.resolve_sampler(self.sampler, x.device) != "fused" or torch.is_autocast_enabled("cpu"):
+            return False
+        dt = x.dtype
+        return dt in (torch.float32, torch.float64) and self.proj.weight.dtype == dt and all(
+            r.dtype == dt for r in refs)
+
+    def _forward_fused(self, x: torch.Tensor, refs: Sequence[torch.Tensor], active: Sequence[int],
+                       ranges: list[tuple[int, int]], key_mask: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`forward` as one :func:`~search_spaces.operators.acla_fused.block` call (the
+        query conv, value projection, core, output projection and residual; same function as
+        :meth:`attend` plus the projection, without their layout copies)."""
+        used = [(r, k) for r, k in zip(refs, active) if k > 0]
+        b, _, h, w = x.shape
+        s = sum(active)
+        adaptive = self.adaptive
+        noise = None
+        if adaptive and key_mask is None and self.training:  # the same draw as _attend_fused
+            noise = self._noise(x.new_empty((b, s, h, w), dtype=compute_dtype(x.dtype)))
+        q_weight, q_bias = self._query_weights(ranges)
+        st = (adaptive and key_mask is None and torch.is_grad_enabled()
+              and (x.requires_grad or q_weight.requires_grad))
+        return fused_block(x, [r for r, _ in used], q_weight.flatten(1), q_bias,
+                           self.conv_refer.weight.flatten(1), self.conv_refer.bias,
+                           self.proj.weight.flatten(1), self.proj.bias, [k for _, k in used],
+                           adaptive=adaptive, noise=noise, key_mask=key_mask, tau=self.tau, st=st,
+                           st_log_clamp=ST_LOG_CLAMP)
+
     def _aggregate(self, refs: Sequence[torch.Tensor], active: Sequence[int], dx: torch.Tensor,
                    dy: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None,
                    probe: bool) -> torch.Tensor:
@@ -526,6 +564,23 @@ class ACLA(AttentionOp):
             start += k
         return agg.squeeze(-1).transpose(1, 2).reshape(b, -1, h, w)
 
+    def _checked(self, x: torch.Tensor, refs: Sequence[torch.Tensor], active_keys: Sequence[int] | None,
+                 key_mask: torch.Tensor | None) -> tuple[list[torch.Tensor], tuple[int, ...], list]:
+        """The checks of :meth:`attend` (its ``ValueError`` s); returns ``(refs, active, ranges)``."""
+        refs = list(refs)
+        self.check_inputs(x, refs)
+        active = self.check_active_keys(active_keys)
+        ranges = self._slot_ranges(active)
+        b, _, h, w = x.shape
+        s = sum(active)
+        if key_mask is not None and ranges:
+            if key_mask.shape != (b, s, h, w) or key_mask.dtype != torch.bool:
+                raise ValueError(f"key_mask must be a bool tensor of shape {(b, s, h, w)}, got "
+                                 f"{key_mask.dtype} {tuple(key_mask.shape)}")
+            if not bool(key_mask.any(dim=1).all()):
+                raise ValueError("key_mask must keep at least one slot for every query")
+        return refs, active, ranges
+
     def attend(
         self,
         x: torch.Tensor,
@@ -552,20 +607,14 @@ class ACLA(AttentionOp):
                 :attr:`sampler`.
             RuntimeError: :attr:`sampler` ``"fused"`` off the CPU or without the kernel built.
         """
-        refs = list(refs)
-        self.check_inputs(x, refs)
-        active = self.check_active_keys(active_keys)
-        ranges = self._slot_ranges(active)
+        refs, active, ranges = self._checked(x, refs, active_keys, key_mask)
         if not ranges:
             return ACLAOutput(None, None, None)
-        b, _, h, w = x.shape
-        s = sum(active)
-        if key_mask is not None:
-            if key_mask.shape != (b, s, h, w) or key_mask.dtype != torch.bool:
-                raise ValueError(f"key_mask must be a bool tensor of shape {(b, s, h, w)}, got "
-                                 f"{key_mask.dtype} {tuple(key_mask.shape)}")
-            if not bool(key_mask.any(dim=1).all()):
-                raise ValueError("key_mask must keep at least one slot for every query")
+        return self._attend(x, refs, active, ranges, key_mask)
+
+    def _attend(self, x: torch.Tensor, refs: list[torch.Tensor], active: tuple[int, ...],
+                ranges: list, key_mask: torch.Tensor | None) -> ACLAOutput:
+        """:meth:`attend` after its checks (``ranges`` not empty)."""
         if self.resolve_sampler(self.sampler, x.device) == "fused":
             return self._attend_fused(x, refs, active, ranges, key_mask)
         dx, dy, logits, mask_logits = self._query(x, ranges)
@@ -607,9 +656,12 @@ class ACLA(AttentionOp):
         Returns:
             ``(B, C, H, W)``.
         """
-        agg = self.attend(x, refs, active_keys, key_mask).agg
-        if agg is None:
+        refs, active, ranges = self._checked(x, refs, active_keys, key_mask)
+        if not ranges:
             return x
+        if self._block_ok(x, refs):
+            return self._forward_fused(x, refs, active, ranges, key_mask)
+        agg = self._attend(x, refs, active, ranges, key_mask).agg
         # Proj as a matmul on the channels-last view (agg is stored channels-last): no layout
         # copy of agg in the forward nor of its gradient in the backward
         y = F.linear(agg.permute(0, 2, 3, 1), self.proj.weight.flatten(1), self.proj.bias)

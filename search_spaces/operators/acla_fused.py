@@ -56,7 +56,7 @@ from torch import Tensor
 
 from search_spaces.operators.acla_sampling import count_entries, gather_dtype, gather_flops
 
-__all__ = ["attend", "deform_gather", "deform_gather_flop", "fused_available", "SOURCE"]
+__all__ = ["attend", "block", "deform_gather", "deform_gather_flop", "fused_available", "SOURCE"]
 
 #: the C++ source of the kernel (shipped as package data).
 SOURCE = Path(__file__).with_name("csrc") / "acla_gather.cpp"
@@ -344,6 +344,109 @@ def attend(q: Tensor, values: Tensor, keys: Sequence[int], *, adaptive: bool,
     out, weights, keep = _attend(q, values, noise, key_mask, bool(adaptive),
                                  [int(k) for k in keys], float(tau), bool(st), float(st_log_clamp))
     return out, weights, (keep if adaptive or key_mask is not None else None)
+
+
+# ------------------------------------------------------------------------ the whole module
+class _Block(torch.autograd.Function):
+    """``x + Proj(attend(Conv_q(x), Conv_refer(refs)))`` with every 1x1 convolution as a batched
+    matmul on the layout its neighbours use (see :func:`block`)."""
+
+    @staticmethod
+    def forward(ctx, x, q_weight, q_bias, v_weight, v_bias, p_weight, p_bias, noise, key_mask,
+                cfg, *refs):
+        adaptive, keys, tau, st, clamp = cfg
+        b, c, h, w = x.shape
+        hw = h * w
+        xf = x.reshape(b, c, hw)
+        # queries (B, Qc, HW) = W_q x + b_q: the core reads them in this (NCHW) layout
+        q = torch.baddbmm(q_bias.unsqueeze(1), q_weight.expand(b, -1, -1), xf).view(b, -1, h, w)
+        # values (L, B, HW, C) = r^T W_v^T + b_v: channels last, written in place, no stack
+        values = x.new_empty((len(refs), b, hw, c))
+        wvt = v_weight.t().expand(b, c, c)
+        for v, r in zip(values, refs):
+            torch.baddbmm(v_bias, r.reshape(b, c, hw).mT, wvt, out=v)
+        values = values.view(len(refs), b, h, w, c)
+        out, weights, keep = _attend(q, values, noise, key_mask, adaptive, keys, tau, st, clamp)
+        # y (B, C, HW) = x + W_p out^T + b_p: NCHW again, the residual added by the matmul
+        y = torch.baddbmm(xf, p_weight.expand(b, c, c), out.view(b, hw, c).mT)
+        y += p_bias.view(1, c, 1)
+        ctx.save_for_backward(x, q, values, noise, out, weights, keep, q_weight, v_weight, p_weight,
+                              *refs)
+        ctx.cfg = cfg
+        return y.view(b, c, h, w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, q, values, noise, out, weights, keep, q_weight, v_weight, p_weight, *refs = ctx.saved_tensors
+        adaptive, keys, tau, st, clamp = ctx.cfg
+        need = ctx.needs_input_grad
+        b, c, h, w = x.shape
+        hw = h * w
+        g = grad.contiguous().view(b, c, hw)
+        g_out = torch.bmm(g.mT, p_weight.expand(b, c, c))  # (B, HW, C), the core's grad layout
+        need_v = any(need[10:]) or need[3] or need[4]
+        g_q, g_v, probed = torch.ops.acla_nas_cpu.attend_backward(
+            g_out.view(b, h, w, c), None, q, values, noise, weights, keep, adaptive, keys,
+            st, tau, clamp, need_v)
+        count_entries(probe=4 * probed)
+        g_q = g_q.view(b, -1, hw)
+        xf = x.reshape(b, c, hw)
+        g_x = torch.baddbmm(g, q_weight.t().expand(b, -1, -1), g_q) if need[0] else None
+        grads = [None if g_x is None else g_x.view(b, c, h, w),
+                 torch.bmm(g_q, xf.mT).sum(0) if need[1] else None,
+                 g_q.sum((0, 2)) if need[2] else None,
+                 None, None,
+                 torch.bmm(g, out.view(b, hw, c)).sum(0) if need[5] else None,
+                 g.sum((0, 2)) if need[6] else None,
+                 None, None, None]
+        g_refs = [None] * len(refs)
+        if need_v:
+            g_v = g_v.view(len(refs), b, hw, c)
+            wv = v_weight.t().expand(b, c, c)
+            g_refs = [torch.bmm(wv, gv.mT).view(b, c, h, w) if n else None
+                      for gv, n in zip(g_v, need[10:])]
+            if need[3]:
+                grads[3] = sum(torch.bmm(r.reshape(b, c, hw), gv).sum(0) for r, gv in zip(refs, g_v)).t()
+            if need[4]:
+                grads[4] = g_v.sum((0, 1, 2))
+        return (*grads, *g_refs)
+
+
+def block(x: Tensor, refs: Sequence[Tensor], q_weight: Tensor, q_bias: Tensor, v_weight: Tensor,
+          v_bias: Tensor, p_weight: Tensor, p_bias: Tensor, keys: Sequence[int], *, adaptive: bool,
+          noise: Tensor | None = None, key_mask: Tensor | None = None, tau: float = 1.0,
+          st: bool = False, st_log_clamp: float = 10.0) -> Tensor:
+    """ACLA's whole forward on the fused core: ``x + Proj(attend(q, V))`` with the queries
+    ``q = Conv_q(x)``, the values ``V_l = Conv_refer(refs[l])`` and :func:`attend` in between.
+
+    The three 1x1 convolutions run as batched matmuls (``baddbmm``/``bmm``) that read and write
+    the layouts their neighbours use: ``x``, the references, ``q`` and the output stay ``(B, C,
+    H·W)`` (NCHW), the values and the core's output gradient are channels last, and every
+    transpose is a BLAS flag rather than a copy; the residual is the matmul's added term. The
+    backward skips the weight gradients the caller does not need (the alpha step of a search).
+    The same function as ``ACLA``'s composite of ``F.conv2d``, :func:`attend`, ``F.linear`` and
+    the residual addition (the module tests compare them); ``FlopCounterMode`` counts the matmuls
+    as the convolutions (``2·B·H·W·C_in·C_out`` each) and :func:`attend` as before.
+
+    Args:
+        x: ``(B, C, H, W)`` queries, float32 or float64, CPU.
+        refs: ``L`` reference maps ``(B, C, H, W)``, one per entry of ``keys``, of ``x``'s dtype.
+        q_weight, q_bias: ``(Qc, C)`` and ``(Qc,)``: the query convolution (rows as
+            :func:`attend`'s ``q`` channels, ``Qc = 3S`` or ``4S``).
+        v_weight, v_bias: ``(C, C)`` and ``(C,)``: the value projection ``Conv_refer``.
+        p_weight, p_bias: ``(C, C)`` and ``(C,)``: the output projection ``Proj``.
+        keys, adaptive, noise, key_mask, tau, st, st_log_clamp: as :func:`attend`.
+
+    Returns:
+        ``(B, C, H, W)`` contiguous.
+
+    Raises:
+        RuntimeError: as :func:`attend`.
+    """
+    cfg = (bool(adaptive), [int(k) for k in keys], float(tau), bool(st), float(st_log_clamp))
+    return _Block.apply(x, q_weight, q_bias, v_weight, v_bias, p_weight, p_bias, noise, key_mask,
+                        cfg, *refs)
 
 
 def deform_gather_flop(values_shape, dx_shape, dy_shape, weights_shape, *args, out_shape=None,

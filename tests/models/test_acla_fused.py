@@ -193,6 +193,7 @@ def test_build_failure_falls_back_to_the_sparse_path(monkeypatch):
         raise AssertionError("the fused kernel must not be called")
 
     monkeypatch.setattr(acla_mod, "fused_attend", refuse)
+    monkeypatch.setattr(acla_mod, "fused_block", refuse)
     with torch.no_grad():
         torch.testing.assert_close(m(x, refs), expected)
     m.sampler = "fused"
