@@ -75,6 +75,83 @@ inline Corners<scalar_t> corners(int64_t i, int64_t j, scalar_t dx, scalar_t dy,
   return k;
 }
 
+// The footprints of one row of queries (b, i) for every slot, computed vectorised over the row
+// (the per-query loops then only read them): per (slot s, column j), at [s * W + j], the offset
+// of the top-left corner in the value map (elements), fx, fy and the state: 0 the footprint misses
+// the map, 1 it overlaps the map partly (corners() is asked per query), 2 all 4 corners on it. The
+// same numbers as corners(). Offsets are int32 (check_core bounds H * W * C).
+template <typename scalar_t>
+struct RowPlan {
+  int64_t H = 0, W = 0, C = 0, HW = 0, i = 0;
+  const scalar_t* qb = nullptr;  // row i of the offsets: dx of slot s at qb[2 s HW + j], dy at + HW
+  std::vector<int32_t> off, state;
+  std::vector<scalar_t> fx, fy;
+
+  RowPlan(int64_t H_, int64_t W_, int64_t C_, int64_t S) : H(H_), W(W_), C(C_), HW(H_ * W_) {
+    off.resize(S * W);
+    state.resize(S * W);
+    fx.resize(S * W);
+    fy.resize(S * W);
+  }
+
+  void build(const scalar_t* __restrict__ qrow, int64_t row_i, int64_t S) {
+    qb = qrow;
+    i = row_i;
+    const scalar_t fi = static_cast<scalar_t>(i);
+    const scalar_t lo_y = scalar_t(-1) - fi, hi_y = scalar_t(H - 1) - fi, last_x = scalar_t(W - 1);
+    const int32_t W32 = static_cast<int32_t>(W), H32 = static_cast<int32_t>(H), C32 = static_cast<int32_t>(C);
+    const int32_t n = static_cast<int32_t>(W);
+    for (int64_t s = 0; s < S; ++s) {
+      const scalar_t* __restrict__ X = qrow + 2 * s * HW;
+      const scalar_t* __restrict__ Y = X + HW;
+      int32_t* __restrict__ o = off.data() + s * W;
+      int32_t* __restrict__ st = state.data() + s * W;
+      scalar_t* __restrict__ px = fx.data() + s * W;
+      scalar_t* __restrict__ py = fy.data() + s * W;
+      for (int32_t j = 0; j < n; ++j) {
+        const scalar_t dx = X[j], dy = Y[j];
+        const scalar_t flx = std::floor(dx), fly = std::floor(dy);
+        const scalar_t jf = static_cast<scalar_t>(j);
+        // as corners(): j + floor(dx) in [-1, W-1] and i + floor(dy) in [-1, H-1]; false for NaN
+        const bool any = (flx >= scalar_t(-1) - jf) & (flx <= last_x - jf) & (fly >= lo_y) & (fly <= hi_y);
+        const int32_t x0 = static_cast<int32_t>(any ? jf + flx : scalar_t(0));
+        const int32_t y0 = static_cast<int32_t>(any ? fi + fly : scalar_t(0));
+        const bool all = any & (x0 >= 0) & (x0 < W32 - 1) & (y0 >= 0) & (y0 < H32 - 1);
+        px[j] = dx - flx;
+        py[j] = dy - fly;
+        o[j] = (y0 * W32 + x0) * C32;
+        st[j] = all ? 2 : (any ? 1 : 0);
+      }
+    }
+  }
+
+  inline Corners<scalar_t> at(int64_t s, int64_t j) const {
+    const int64_t e = s * W + j;
+    const int32_t st = state[e];
+    if (st == 2) {
+      Corners<scalar_t> k;
+      k.any = k.all = true;
+      k.fx = fx[e];
+      k.fy = fy[e];
+      k.cw[0] = (1 - k.fy) * (1 - k.fx);
+      k.cw[1] = (1 - k.fy) * k.fx;
+      k.cw[2] = k.fy * (1 - k.fx);
+      k.cw[3] = k.fy * k.fx;
+      k.off[0] = off[e];
+      k.off[1] = k.off[0] + C;
+      k.off[2] = k.off[0] + W * C;
+      k.off[3] = k.off[2] + C;
+      return k;
+    }
+    if (st == 0) {
+      Corners<scalar_t> k;
+      k.any = k.all = false;
+      return k;
+    }
+    return corners<scalar_t>(i, j, qb[2 * s * HW + j], qb[(2 * s + 1) * HW + j], H, W, C);
+  }
+};
+
 // Explicit 32-byte vectors (GCC/Clang vector extensions) for the channel loops: left to itself, the
 // compiler vectorised across slots with gathers instead, 9x slower in a micro-benchmark here.
 template <typename T>
@@ -221,7 +298,8 @@ template <typename scalar_t, int kC>
 inline int64_t gather_query(const Geometry& g, const scalar_t* __restrict__ V, int64_t b, int64_t i, int64_t j,
                             const scalar_t* __restrict__ xq, const scalar_t* __restrict__ yq,
                             int64_t xys, const scalar_t* __restrict__ aq, const bool* __restrict__ kq,
-                            int64_t HW, const int64_t* __restrict__ ref, scalar_t* __restrict__ o) {
+                            int64_t HW, const int64_t* __restrict__ ref, scalar_t* __restrict__ o,
+                            const RowPlan<scalar_t>* plan = nullptr) {
   const int64_t C = kC > 0 ? kC : g.C;
   Accumulator<scalar_t, kC> acc(o, C);
   int64_t count = 0;
@@ -229,7 +307,7 @@ inline int64_t gather_query(const Geometry& g, const scalar_t* __restrict__ V, i
     const int64_t e = s * HW;
     if (kq != nullptr && !kq[e]) continue;
     const scalar_t a = aq[e];
-    auto k = corners<scalar_t>(i, j, xq[s * xys], yq[s * xys], g.H, g.W, C);
+    auto k = plan != nullptr ? plan->at(s, j) : corners<scalar_t>(i, j, xq[s * xys], yq[s * xys], g.H, g.W, C);
     if (!k.any || a == 0) continue;
     ++count;
     const scalar_t* __restrict__ v = V + ref[s] * g.ref_stride + b * g.plane_stride;
@@ -251,14 +329,15 @@ inline int64_t grad_query(const Geometry& g, const scalar_t* __restrict__ V, int
                           const scalar_t* __restrict__ aq, const bool* __restrict__ kq, int64_t HW,
                           const int64_t* __restrict__ ref, const scalar_t* __restrict__ gq, bool probe,
                           scalar_t* __restrict__ gV, scalar_t* __restrict__ gA, scalar_t* __restrict__ gX,
-                          scalar_t* __restrict__ gY, int64_t ostride, int64_t oxys) {
+                          scalar_t* __restrict__ gY, int64_t ostride, int64_t oxys,
+                          const RowPlan<scalar_t>* plan = nullptr) {
   const int64_t C = kC > 0 ? kC : g.C;
   int64_t count = 0;
   for (int64_t s = 0; s < g.S; ++s) {
     const int64_t e = s * HW;
     const bool kept = kq == nullptr || kq[e];
     if (!kept && !probe) continue;
-    auto k = corners<scalar_t>(i, j, xq[s * xys], yq[s * xys], g.H, g.W, C);
+    auto k = plan != nullptr ? plan->at(s, j) : corners<scalar_t>(i, j, xq[s * xys], yq[s * xys], g.H, g.W, C);
     if (!k.any) continue;
     count += kept ? 0 : 1;
     const int64_t vbase = ref[s] * g.ref_stride + b * g.plane_stride;
@@ -482,6 +561,7 @@ int64_t core_forward_kernel(const Geometry& g, const Core& c, const scalar_t* __
   at::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
     int64_t count = 0;
     std::vector<scalar_t> scratch(2 * g.W);
+    RowPlan<scalar_t> plan(g.H, g.W, C, S);
     for (int64_t bi = begin; bi < end; ++bi) {
       const int64_t b = bi / g.H, i = bi % g.H, row = b * S * HW + i * g.W;
       const scalar_t* __restrict__ qb = Q + b * c.q_bstride + i * g.W;
@@ -489,10 +569,11 @@ int64_t core_forward_kernel(const Geometry& g, const Core& c, const scalar_t* __
       keep_softmax_row<scalar_t>(S, HW, g.W, qb + 2 * S * HW, qb + 3 * S * HW,
                                  N == nullptr ? nullptr : N + row, c.kin == nullptr ? nullptr : c.kin + row,
                                  kr, Wt + row, scratch.data(), scratch.data() + g.W);
+      plan.build(qb, i, S);
       for (int64_t j = 0; j < g.W; ++j) {
         count += gather_query<scalar_t, kC>(g, V, b, i, j, qb + j, qb + HW + j, 2 * HW, Wt + row + j,
                                             kr == nullptr ? nullptr : kr + j, HW, ref,
-                                            out + (bi * g.W + j) * C);
+                                            out + (bi * g.W + j) * C, &plan);
       }
     }
     sampled += count;
@@ -525,6 +606,7 @@ int64_t core_backward_kernel(const Geometry& g, const Core& c, const scalar_t* _
     scalar_t* __restrict__ wg = scratch.data();
     scalar_t* __restrict__ mx = wg + W;
     scalar_t* __restrict__ z = mx + W;
+    RowPlan<scalar_t> plan(g.H, W, C, S);
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t i = 0; i < g.H; ++i) {
         const int64_t row = b * S * HW + i * W;
@@ -533,11 +615,12 @@ int64_t core_backward_kernel(const Geometry& g, const Core& c, const scalar_t* _
         const bool* __restrict__ kr = K == nullptr ? nullptr : K + row;
         const scalar_t* __restrict__ wr = Wt + row;
         scalar_t* __restrict__ ga = gq + 2 * S * HW;  // dL/dw, then dL/dlogits
+        plan.build(qb, i, S);
         for (int64_t j = 0; j < W; ++j) {
           count += grad_query<scalar_t, kC>(g, V, b, i, j, qb + j, qb + HW + j, 2 * HW, wr + j,
                                             kr == nullptr ? nullptr : kr + j, HW, ref,
                                             G + (b * HW + i * W + j) * C, st, gV, ga + j, gq + j,
-                                            gq + HW + j, HW, 2 * HW);
+                                            gq + HW + j, HW, 2 * HW, &plan);
         }
         std::fill(wg, wg + W, scalar_t(0));
         for (int64_t s = 0; s < S; ++s) {
@@ -677,6 +760,7 @@ int64_t check_core(const at::Tensor& q, const at::Tensor& values, const c10::opt
   for (auto k : keys) S += k;
   TORCH_CHECK(static_cast<int64_t>(keys.size()) == values.size(0), "one key count per value map");
   const int64_t B = values.size(1), H = values.size(2), W = values.size(3);
+  TORCH_CHECK(H * W * values.size(4) < (int64_t(1) << 31), "a value map must have fewer than 2^31 elements");
   TORCH_CHECK(q.device().is_cpu() && q.dim() == 4 && q.size(0) == B && q.size(1) == (adaptive ? 4 : 3) * S &&
                   q.size(2) == H && q.size(3) == W && q.stride(3) == 1 && q.stride(2) == W &&
                   q.stride(1) == H * W && q.scalar_type() == values.scalar_type(),
