@@ -98,6 +98,7 @@ EXTRA_FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
     torch.ops.acla_nas.bilinear_gather: bilinear_gather_flop,
     torch.ops.acla_nas.deform_gather: deform_gather_flop,
     torch.ops.acla_nas.attend: _acla_attend_flop,
+    torch.ops.acla_nas_cpu.attend_forward: _acla_attend_flop,  # what acla_fused.block calls
 }
 
 

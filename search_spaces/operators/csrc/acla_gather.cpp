@@ -854,11 +854,12 @@ TORCH_LIBRARY(acla_nas_cpu, m) {
   m.def("deform_gather_backward(Tensor grad, Tensor values, Tensor dx, Tensor dy, Tensor w, Tensor? keep, "
         "int[] keys, bool probe, bool need_values, bool need_dx, bool need_dy, bool need_w) -> (Tensor[], int)",
         &deform_gather_backward);
-  m.def("attend_forward(Tensor q, Tensor values, Tensor? noise, Tensor? key_mask, bool adaptive, int[] keys) "
-        "-> (Tensor, Tensor, Tensor, int)",
-        &attend_forward);
   m.def("attend_backward(Tensor grad, Tensor? grad_weights, Tensor q, Tensor values, Tensor? noise, "
         "Tensor weights, Tensor keep, bool adaptive, int[] keys, bool st, float tau, float clamp, "
         "bool need_values) -> (Tensor, Tensor, int)",
         &attend_backward);
 }
+
+// attend_forward's schema is declared in Python (acla_fused.py) so that the op, and the FLOP formula
+// keyed on it, exist before this file is built; here only its CPU kernel.
+TORCH_LIBRARY_IMPL(acla_nas_cpu, CPU, m) { m.impl("attend_forward", &attend_forward); }
