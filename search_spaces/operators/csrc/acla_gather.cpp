@@ -550,6 +550,26 @@ void keep_softmax_row(int64_t S, int64_t HW, int64_t W, const scalar_t* __restri
   }
 }
 
+// Prefetch one row (`bytes` long) of each of `planes` planes `stride` elements apart (rw: 1 for a
+// row about to be written). The core reads and writes each row of queries across 4S planes HW
+// elements apart - more concurrent streams than the hardware prefetcher follows - so each row
+// asks for the next one's lines while it works.
+template <typename T>
+inline void prefetch_planes(const T* p, int64_t planes, int64_t stride, int64_t n, bool rw) {
+  if (p == nullptr) return;
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T)), sb = stride * static_cast<int64_t>(sizeof(T));
+  for (int64_t k = 0; k < planes; ++k) {
+    for (int64_t o = 0; o < bytes; o += 64) {
+      if (rw) {
+        __builtin_prefetch(c + k * sb + o, 1, 3);
+      } else {
+        __builtin_prefetch(c + k * sb + o, 0, 3);
+      }
+    }
+  }
+}
+
 template <typename scalar_t, int kC>
 int64_t core_forward_kernel(const Geometry& g, const Core& c, const scalar_t* __restrict__ V,
                             const int64_t* __restrict__ ref, scalar_t* __restrict__ out,
@@ -566,6 +586,12 @@ int64_t core_forward_kernel(const Geometry& g, const Core& c, const scalar_t* __
       const int64_t b = bi / g.H, i = bi % g.H, row = b * S * HW + i * g.W;
       const scalar_t* __restrict__ qb = Q + b * c.q_bstride + i * g.W;
       bool* kr = K == nullptr ? nullptr : K + row;
+      if (i + 1 < g.H && bi + 1 < end) {  // the next row's inputs and outputs
+        prefetch_planes(qb + g.W, (c.adaptive ? 4 : 3) * S, HW, g.W, false);
+        prefetch_planes(N == nullptr ? nullptr : N + row + g.W, S, HW, g.W, false);
+        prefetch_planes(Wt + row + g.W, S, HW, g.W, true);
+        prefetch_planes(kr == nullptr ? nullptr : kr + g.W, S, HW, g.W, true);
+      }
       keep_softmax_row<scalar_t>(S, HW, g.W, qb + 2 * S * HW, qb + 3 * S * HW,
                                  N == nullptr ? nullptr : N + row, c.kin == nullptr ? nullptr : c.kin + row,
                                  kr, Wt + row, scratch.data(), scratch.data() + g.W);
@@ -615,6 +641,13 @@ int64_t core_backward_kernel(const Geometry& g, const Core& c, const scalar_t* _
         const bool* __restrict__ kr = K == nullptr ? nullptr : K + row;
         const scalar_t* __restrict__ wr = Wt + row;
         scalar_t* __restrict__ ga = gq + 2 * S * HW;  // dL/dw, then dL/dlogits
+        if (i + 1 < g.H) {  // the next row's inputs and gradient rows
+          prefetch_planes(qb + W, Qc, HW, W, false);
+          prefetch_planes(N == nullptr ? nullptr : N + row + W, S, HW, W, false);
+          prefetch_planes(wr + W, S, HW, W, false);
+          prefetch_planes(kr == nullptr ? nullptr : kr + W, S, HW, W, false);
+          prefetch_planes(gq + W, Qc, HW, W, true);
+        }
         plan.build(qb, i, S);
         for (int64_t j = 0; j < W; ++j) {
           count += grad_query<scalar_t, kC>(g, V, b, i, j, qb + j, qb + HW + j, 2 * HW, wr + j,
