@@ -63,7 +63,8 @@ def test_acla_breakdown(tmp_path):
     pieces = {(r["piece"], r["sampler"]) for r in table}
     paths = {r["sampler"] for r in table if r["piece"] == "module_train"}
     assert "sparse" in paths and len(paths) == len({"sparse", table[0]["sampler"]})
-    per_path = {"sparse": ("gather", "masked_softmax_st", "keep_mask"), "fused": ("attend_core",)}
+    per_path = {"sparse": ("gather", "masked_softmax_st", "keep_mask"),
+                "fused": ("module_train_composite", "attend_core")}
     assert pieces == {(p, s) for s in paths for p in ("module_train", "module_eval", *per_path[s])} | {
         (p, "") for p in ("query_conv", "noise", "projections")}
     assert float(table[0]["share_of_module"]) == 1.0 and table[0]["piece"] == "module_train"

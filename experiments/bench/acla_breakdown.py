@@ -9,23 +9,28 @@ share_of_module``):
 * ``module_train`` / ``module_eval``: ``ACLA.forward`` + ``backward`` in training mode (Gumbel keep
   mask, straight-through gradient: the weight step) and in eval mode with input gradients (the
   alpha step); ``share_of_module`` is relative to ``module_train`` on the first path of
-  ``--samplers`` (default ``auto`` - the fused kernel on the CPU - and ``sparse``);
-* ``attend_core`` (fused path): the fused kernel's whole core
-  (:func:`search_spaces.operators.acla_fused.attend`: keep decision, softmax over the kept slots
-  with its straight-through gradient, sampling and weighted sum), forward + backward w.r.t. the
-  query conv's output and the projected values;
+  ``--samplers`` (default ``auto`` - the fused kernel on the CPU - and ``sparse``). On the fused
+  path the module runs as one :func:`search_spaces.operators.acla_fused.block` (the 1x1
+  convolutions as batched matmuls around the core);
+* ``module_train_composite`` (fused path): the same step with the block switched off - the
+  composite of ``F.conv2d`` (query conv), :func:`search_spaces.operators.acla_fused.attend` and
+  ``F.linear`` (projections) on channels-last views, what the fused path ran before the block;
+* ``attend_core`` (fused path): the fused kernel's whole core, its two C++ operators as the block
+  calls them (keep decision, softmax over the kept slots with its straight-through gradient,
+  sampling and weighted sum; backward w.r.t. the query conv's output and the projected values);
 * ``gather`` (sparse path): the value projection and the sampling and weighted sum
   (``ACLA._aggregate``, with the probe of dropped pairs), forward + backward w.r.t. the
   reference, offsets and weights;
-* ``query_conv``: the 1x1 convolution of the queries (offsets, logits, keep logits);
+* ``query_conv``: the 1x1 convolution of the queries (offsets, logits, keep logits), as the
+  composite and the sparse path run it (``F.conv2d``);
 * ``masked_softmax_st`` (sparse path): the softmax over the kept slots with its straight-through
   gradient (inside ``attend_core`` on the fused path);
 * ``keep_mask`` (sparse path): the logistic noise and the hard keep decision (no gradient);
 * ``noise``: the logistic noise alone (the fused path's only piece of the keep decision outside
   the kernel);
 * ``projections``: the value projection of the reference and the output projection (matmuls on
-  channels-last views) with the residual addition (the value projection is also inside
-  ``gather``).
+  channels-last views, as the composite and the sparse path run them) with the residual addition
+  (the value projection is also inside ``gather``).
 
 The pieces do not add up to the module exactly (dtype casts, permutes, autograd bookkeeping and
 cache effects differ when a piece runs alone); the table says which pieces matter.
@@ -52,7 +57,6 @@ if str(ROOT) not in sys.path:
 from nas.timing import interleaved_ms, write_csv  # noqa: E402
 from search_spaces.operators import ACLA  # noqa: E402
 from search_spaces.operators.acla import ST_LOG_CLAMP, _MaskedSoftmaxST  # noqa: E402
-from search_spaces.operators.acla_fused import attend  # noqa: E402
 
 COLUMNS = ["piece", "sampler", "device", "ms", "share_of_module"]
 
@@ -97,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         values = m._values([r])[0].unsqueeze(0)
         noise = m._noise(mask_logits)
     dx_l, dy_l, w_l, logits_l, score_l = (leaf(t) for t in (dx, dy, weights, logits, score))
-    q_l, values_l = leaf(q), leaf(values)
     g_out = torch.randn(args.batch, args.size, args.size, c)
 
     def module(train: bool, path: str):
@@ -117,10 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         return step
 
     def attend_core() -> None:
-        q_l.grad = values_l.grad = None
-        out, _, _ = attend(q_l, values_l, [k], adaptive=True, noise=noise, tau=m.tau, st=True,
-                           st_log_clamp=ST_LOG_CLAMP)
-        out.backward(g_out)
+        _, weights_c, keep_c, _ = torch.ops.acla_nas_cpu.attend_forward(q, values, noise, None, True, [k])
+        torch.ops.acla_nas_cpu.attend_backward(g_out, None, q, values, noise, weights_c, keep_c, True,
+                                               [k], True, m.tau, ST_LOG_CLAMP, True)
+
+    def composite() -> None:
+        block_ok = ACLA._block_ok
+        try:
+            ACLA._block_ok = lambda self, x, refs: False
+            module(True, "fused")()
+        finally:
+            ACLA._block_ok = block_ok
 
     def query_conv() -> None:
         m.zero_grad(set_to_none=True)
@@ -151,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         steps[("module_train", path)] = module(True, path)
         steps[("module_eval", path)] = module(False, path)
         if path == "fused":
+            steps[("module_train_composite", path)] = composite
             steps[("attend_core", path)] = attend_core
         else:
             steps[("gather", path)] = gather(path)
