@@ -399,23 +399,30 @@ class _Block(torch.autograd.Function):
         b, c, h, w = x.shape
         hw = h * w
         g = grad.contiguous().view(b, c, hw)
+        grads: list[Tensor | None] = [None] * 10
+        if need[5]:
+            grads[5] = torch.bmm(g, out.view(b, hw, c)).sum(0)
+        if need[6]:
+            grads[6] = g.sum((0, 2))
         g_out = torch.bmm(g.mT, p_weight.expand(b, c, c))  # (B, HW, C), the core's grad layout
         need_v = any(need[10:]) or need[3] or need[4]
         g_q, g_v, probed = torch.ops.acla_nas_cpu.attend_backward(
             g_out.view(b, h, w, c), None, q, values, noise, weights, keep, adaptive, keys,
             st, tau, clamp, need_v)
         count_entries(probe=4 * probed)
+        # each gradient is released as soon as it is used and dL/dx takes g_out's storage (the
+        # saved tensors stay until the backward returns: it may run again, retain_graph=True)
         g_q = g_q.view(b, -1, hw)
-        xf = x.reshape(b, c, hw)
-        g_x = torch.baddbmm(g, q_weight.t().expand(b, -1, -1), g_q) if need[0] else None
-        grads = [None if g_x is None else g_x.view(b, c, h, w),
-                 torch.bmm(g_q, xf.mT).sum(0) if need[1] else None,
-                 g_q.sum((0, 2)) if need[2] else None,
-                 None, None,
-                 torch.bmm(g, out.view(b, hw, c)).sum(0) if need[5] else None,
-                 g.sum((0, 2)) if need[6] else None,
-                 None, None, None]
-        g_refs = [None] * len(refs)
+        if need[0]:
+            g_x = torch.baddbmm(g, q_weight.t().expand(b, -1, -1), g_q, out=g_out.view(b, c, hw))
+            grads[0] = g_x.view(b, c, h, w)
+        del g_out
+        if need[1]:
+            grads[1] = torch.bmm(g_q, x.reshape(b, c, hw).mT).sum(0)
+        if need[2]:
+            grads[2] = g_q.sum((0, 2))
+        del g_q
+        g_refs: list[Tensor | None] = [None] * len(refs)
         if need_v:
             g_v = g_v.view(len(refs), b, hw, c)
             wv = v_weight.t().expand(b, c, c)
