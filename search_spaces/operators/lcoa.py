@@ -246,11 +246,16 @@ class LCoA(AttentionOp):
         idx = order.unsqueeze(-1).expand(-1, -1, self.dim)
         qs = q.gather(1, idx).view(b, nc, cw, self.dim)
         ks = look_around(qn.gather(1, idx).view(b, nc, cw, self.dim), 1, nb)
-        scores = torch.matmul(qs, ks.transpose(-1, -2))                  # (B, nc, w', nb·w')
-        if npad > n:
+        if npad > n:  # padded keys get -inf, as the matmul's added term (no pass over the scores)
             valid = torch.arange(npad, device=x.device).view(nc, cw) < n
             valid = look_around(valid, 0, nb)                            # (nc, nb·w')
-            scores = scores.masked_fill(~valid[None, :, None, :], float("-inf"))
+            pad = torch.zeros(valid.shape, dtype=qs.dtype, device=x.device)
+            pad = pad.masked_fill_(~valid, float("-inf")).unsqueeze(1).expand(b, -1, -1, -1)
+            scores = torch.baddbmm(pad.reshape(b * nc, 1, -1), qs.reshape(b * nc, cw, -1),
+                                   ks.reshape(b * nc, ks.shape[2], -1).transpose(1, 2))
+            scores = scores.view(b, nc, cw, -1)                          # (B, nc, w', nb·w')
+        else:
+            scores = torch.matmul(qs, ks.transpose(-1, -2))              # (B, nc, w', nb·w')
         attn = torch.softmax(scores, dim=-1)
         return LCoAMap(order, attn, h, w, cw, nb)
 
