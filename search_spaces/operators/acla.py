@@ -32,7 +32,9 @@ equivalent stand-alone module.
 Implementation: one 1x1 convolution gives every slot's offsets, logit and keep logit. On the CPU
 a fused C++ kernel compiled on first use (:func:`search_spaces.operators.acla_fused.attend`)
 then takes the keep decision, the softmax over the kept slots and the sampling with the weighted
-sum in one call; elsewhere (CUDA, or no C++ compiler) those are PyTorch operators and the
+sum in one call, and :meth:`ACLA.forward` runs the whole module there as one autograd function
+(:func:`search_spaces.operators.acla_fused.block`: the 1x1 convolutions as batched matmuls on
+the layouts around the kernel); elsewhere (CUDA, or no C++ compiler) those are PyTorch operators and the
 sampling a sparse gather-and-reduce (:mod:`search_spaces.operators.acla_sampling`). Both sample
 only the kept (query, slot) pairs whose bilinear footprint overlaps the map. ``ACLA.sampler``
 (class or instance attribute: ``"auto"``, ``"fused"``, ``"sparse"``, ``"grid_sample"``) picks a
