@@ -462,19 +462,26 @@ class ACLA(AttentionOp):
         projection and the logistic noise stay PyTorch operators; the keep decision, the masked
         softmax (with its straight-through gradient) and the sampling run in one kernel call."""
         q = self._query_conv(x, ranges)
-        used = [(r, k) for r, k in zip(refs, active) if k > 0]
-        vals = self._values([r for r, _ in used])
+        vals = self._values(self.select_refs(refs, active))
         values = vals[0].unsqueeze(0) if len(vals) == 1 else torch.stack(vals)
-        adaptive = self.adaptive
-        s = sum(active)
-        noise = None
-        if adaptive and key_mask is None and self.training:
-            noise = self._noise(q[:, 3 * s:].to(compute_dtype(q.dtype)))
-        st = adaptive and key_mask is None and torch.is_grad_enabled() and q.requires_grad
-        out, weights, keep = fused_attend(q, values, [k for _, k in used], adaptive=adaptive,
-                                          noise=noise, key_mask=key_mask, tau=self.tau, st=st,
-                                          st_log_clamp=ST_LOG_CLAMP)
+        noise, st = self._keep_inputs(x, sum(active), key_mask, q.requires_grad)
+        out, weights, keep = fused_attend(q, values, [k for k in active if k > 0],
+                                          adaptive=self.adaptive, noise=noise, key_mask=key_mask,
+                                          tau=self.tau, st=st, st_log_clamp=ST_LOG_CLAMP)
         return ACLAOutput(out.permute(0, 3, 1, 2).to(x.dtype), weights, keep)
+
+    def _keep_inputs(self, x: torch.Tensor, s: int, key_mask: torch.Tensor | None,
+                     wants_grad: bool) -> tuple[torch.Tensor | None, bool]:
+        """What the fused core's keep decision takes besides the query conv: the logistic noise
+        ``(B, s, H, W)`` in ``compute_dtype`` (training with the learned mask, else ``None``) and
+        whether the keep logits get the straight-through gradient (grad mode on and
+        ``wants_grad``: the query conv's output needs a gradient)."""
+        learned = self.adaptive and key_mask is None
+        b, _, h, w = x.shape
+        noise = None
+        if learned and self.training:
+            noise = self._noise(x.new_empty((b, s, h, w), dtype=compute_dtype(x.dtype)))
+        return noise, learned and torch.is_grad_enabled() and wants_grad
 
     def _block_ok(self, x: torch.Tensor, refs: Sequence[torch.Tensor]) -> bool:
         """Whether :meth:`forward` runs as one :func:`~search_spaces.operators.acla_fused.block`:
@@ -492,21 +499,14 @@ class ACLA(AttentionOp):
         """:meth:`forward` as one :func:`~search_spaces.operators.acla_fused.block` call (the
         query conv, value projection, core, output projection and residual; same function as
         :meth:`attend` plus the projection, without their layout copies)."""
-        used = [(r, k) for r, k in zip(refs, active) if k > 0]
-        b, _, h, w = x.shape
-        s = sum(active)
-        adaptive = self.adaptive
-        noise = None
-        if adaptive and key_mask is None and self.training:  # the same draw as _attend_fused
-            noise = self._noise(x.new_empty((b, s, h, w), dtype=compute_dtype(x.dtype)))
         q_weight, q_bias = self._query_weights(ranges)
-        st = (adaptive and key_mask is None and torch.is_grad_enabled()
-              and (x.requires_grad or q_weight.requires_grad))
-        return fused_block(x, [r for r, _ in used], q_weight.flatten(1), q_bias,
+        noise, st = self._keep_inputs(x, sum(active), key_mask,
+                                      x.requires_grad or q_weight.requires_grad)
+        return fused_block(x, self.select_refs(refs, active), q_weight.flatten(1), q_bias,
                            self.conv_refer.weight.flatten(1), self.conv_refer.bias,
-                           self.proj.weight.flatten(1), self.proj.bias, [k for _, k in used],
-                           adaptive=adaptive, noise=noise, key_mask=key_mask, tau=self.tau, st=st,
-                           st_log_clamp=ST_LOG_CLAMP)
+                           self.proj.weight.flatten(1), self.proj.bias, [k for k in active if k > 0],
+                           adaptive=self.adaptive, noise=noise, key_mask=key_mask, tau=self.tau,
+                           st=st, st_log_clamp=ST_LOG_CLAMP)
 
     def _aggregate(self, refs: Sequence[torch.Tensor], active: Sequence[int], dx: torch.Tensor,
                    dy: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None,
