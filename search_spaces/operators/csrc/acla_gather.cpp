@@ -550,7 +550,7 @@ void keep_softmax_row(int64_t S, int64_t HW, int64_t W, const scalar_t* __restri
   }
 }
 
-// Prefetch one row (`bytes` long) of each of `planes` planes `stride` elements apart (rw: 1 for a
+// Prefetch one row (`n` elements) of each of `planes` planes `stride` elements apart (rw: for a
 // row about to be written). The core reads and writes each row of queries across 4S planes HW
 // elements apart - more concurrent streams than the hardware prefetcher follows - so each row
 // asks for the next one's lines while it works.
