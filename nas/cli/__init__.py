@@ -92,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     previous = signal.signal(signal.SIGTERM, _terminate)
+    finished = False
     try:
-        return int(COMMANDS[args.command].run(args) or 0)
+        code = int(COMMANDS[args.command].run(args) or 0)
+        finished = True
+        return code
     except KeyboardInterrupt:
         print("acla-nas: interrupted", file=sys.stderr)
         return 130
@@ -112,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch.distributed as tdist
 
         if tdist.is_available() and tdist.is_initialized():
+            # a rank whose command finished waits for the others before the group is torn down:
+            # a gloo rank that exits while rank 0 still works (the noise-floor scoring is rank 0's
+            # alone) was seen to abort at exit ("terminate called without an active exception"),
+            # and torchrun then stopped rank 0 mid-run
+            if finished:
+                tdist.barrier()
             tdist.destroy_process_group()
 
 
